@@ -1,0 +1,629 @@
+"""Maildir backend: the maildrop a Postfix/Dovecot/Courier setup delivers to.
+
+Theory of operation
+-------------------
+
+Layout.  ``MaildirStore(location)`` expands a template such as
+``/srv/mail/{domain}/{user}/Maildir`` (see ``location.py``) into a Maildir
+with ``tmp/ new/ cur/``, created (mode 0o700) on first use.  Next to them
+live two files of ours: ``mailslot.lock`` and ``mailslot-uidlist``.  Only the
+top-level folder (INBOX) is POP3's; Maildir++ subfolders are ignored.
+
+Locking.  ``open`` takes ``flock(LOCK_EX | LOCK_NB)`` on ``mailslot.lock``.
+flock locks belong to the open file description, so two sessions conflict
+whether they are in two processes or in one.  The lock lives exactly as long
+as the descriptor: ``close()`` closes it, and so does any failure inside
+``open`` after it was taken.  Delivery never takes it: Maildir delivery is
+lock-free by design (write to ``tmp/``, link into ``new/``).
+
+Opening.  Under the lock, every file of ``new/`` is renamed into ``cur/``
+with the ``:2,`` info suffix, as POP3 servers do, then ``cur/`` is listed
+once with ``os.scandir``.  A message's key is its *base name*, the file name
+before the first ``:``, because other tools rename ``x:2,S`` to ``x:2,ST``
+when flags change.
+
+UIDs and sizes.  ``mailslot-uidlist`` maps base names to a UIDL string and
+the size as transmitted (RFC 1939 §11: CRLF line ends, final CRLF)::
+
+    mailslot-uidlist 1 <validity> <next-uid>
+    <uid> <wire-size or -> <base name>
+    ...
+
+Lines are in delivery order, which is also the snapshot order.  A message
+not in the list yet gets ``f"{next_uid}.{validity}"`` and the counter grows;
+it never goes back, so a uid is never handed out twice.  If the list is
+lost, a fresh validity (hex time plus random) makes every new uid distinct
+from every old one.  Imported uids (``import_uids``, e.g. Dovecot's) are kept
+verbatim.  A new message's size comes from ``,W=<n>`` in its name (Dovecot
+and we write it) without touching the file; otherwise the file is read once
+through ``wire.wire_size`` and the result cached in the list.  ``,S=`` alone
+is the physical size, which differs from the wire size unless every line
+already ends in CRLF, so it is not trusted.  The list is rewritten (temp
+file, fsync, rename, fsync of the directory) before ``open`` returns, only if
+something changed: uids survive a session that never reaches UPDATE.  On a
+warm open the per-message work is one ``split`` and two dict operations.
+
+Snapshot.  ``messages`` is fixed for the session; ``open_message`` finds a
+renamed file again by rescanning (only after a miss); ``commit`` unlinks the
+chosen files, fsyncs ``cur/``, and rewrites the list without them.
+
+Delivery.  ``deliver`` streams the message into ``tmp/<unique>``, counting
+its physical and wire sizes in the same pass, fsyncs it, links it to
+``new/<unique>,S=<size>,W=<wire size>`` and fsyncs ``new/``: the message is
+on stable storage before ``deliver`` returns.  Any ``OSError`` removes what
+was written and becomes ``DeliveryError(temporary=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Final, Self
+
+from mailslot.store.base import (
+    DeliveryError,
+    MaildropBusy,
+    MaildropError,
+    MaildropUnavailable,
+    MessageGone,
+    MessageInfo,
+)
+from mailslot.store.location import InvalidName, LocationTemplate
+from mailslot.wire import wire_size
+
+__all__ = ["LOCK_NAME", "UIDLIST_NAME", "MaildirMaildrop", "MaildirStore", "import_uids"]
+
+LOCK_NAME: Final = "mailslot.lock"
+UIDLIST_NAME: Final = "mailslot-uidlist"
+_UIDLIST_TMP: Final = "mailslot-uidlist.tmp"
+_MAGIC: Final = "mailslot-uidlist"
+_VERSION: Final = "1"
+_CHUNK: Final = 1 << 20
+_INFO: Final = ":2,"
+_UID_MAX: Final = 70
+# Leading "<seconds>." and an optional "M<microseconds>" right after it.
+_DELIVERY_TIME: Final = re.compile(r"(\d+)\.(?:M(\d+))?")
+_VALIDITY: Final = re.compile(r"[0-9a-zA-Z]{1,32}")
+_LINK_UNSUPPORTED: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
+_OPEN_FLAGS: Final = os.O_CLOEXEC | os.O_NOFOLLOW
+
+_log = logging.getLogger(__name__)
+_deliveries = itertools.count()  # the Q<n> of unique names; next() is atomic
+
+
+# --- small filesystem helpers -------------------------------------------------
+
+
+def _ensure_dirs(maildir: str) -> None:
+    os.makedirs(maildir, 0o700, exist_ok=True)
+    for sub in ("cur", "new", "tmp"):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.join(maildir, sub), 0o700)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _scan(directory: str) -> dict[str, str]:
+    """Regular, non-dot files of ``directory`` as {base name: file name}."""
+    found: dict[str, str] = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            # is_file() uses d_type from the directory listing: no stat call.
+            if name[0] != "." and entry.is_file(follow_symlinks=False):
+                found.setdefault(name.partition(":")[0], name)
+    return found
+
+
+def _name_wire_size(base: str) -> int | None:
+    """The ``,W=<n>`` field of a Maildir base name (Dovecot's convention)."""
+    start = base.find(",W=")
+    if start < 0:
+        return None
+    end = base.find(",", start + 3)
+    digits = base[start + 3 : end if end >= 0 else None]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
+def _file_wire_size(path: str) -> int | None:
+    """Read the file once; ``None`` if it vanished meanwhile."""
+    try:
+        with open(path, "rb") as file:
+            return wire_size(iter(lambda: file.read(_CHUNK), b""))
+    except FileNotFoundError:
+        return None
+
+
+def _delivery_order(base: str) -> tuple[int, int, str]:
+    match = _DELIVERY_TIME.match(base)
+    if match is None:
+        return (1 << 62, 0, base)  # no timestamp: after every dated name
+    return (int(match[1]), int(match[2] or 0), base)
+
+
+class _WireCounter:
+    """``wire.wire_size`` one chunk at a time, without copying the chunks.
+
+    Each of CRLF, bare CR and bare LF becomes CRLF on the wire, so over the
+    whole stream: wire = octets + count(CR) + count(LF) - 2 * count(CRLF),
+    plus 2 for a missing final line end.  A CRLF split across two chunks is
+    caught by remembering the last octet.
+    """
+
+    __slots__ = ("_extra", "_last", "octets")
+
+    def __init__(self) -> None:
+        self.octets = 0
+        self._extra = 0
+        self._last = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        extra = chunk.count(b"\r") + chunk.count(b"\n") - 2 * chunk.count(b"\r\n")
+        if self._last == b"\r" and chunk[:1] == b"\n":
+            extra -= 2
+        self._extra += extra
+        self.octets += len(chunk)
+        self._last = bytes(chunk[-1:])
+
+    @property
+    def wire_size(self) -> int:
+        if not self.octets:
+            return 0
+        return self.octets + self._extra + (0 if self._last in (b"\r", b"\n") else 2)
+
+
+# --- locking --------------------------------------------------------------------
+
+
+def _lock(maildir: str) -> int:
+    """Open and flock the lock file; the descriptor *is* the lock."""
+    path = os.path.join(maildir, LOCK_NAME)
+    for _attempt in range(3):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Someone may have unlinked the file between our open and flock:
+            # then we hold a lock on an orphan that no one else will see.
+            held, current = os.fstat(fd), os.stat(path)
+            if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                return fd
+        except BlockingIOError:
+            os.close(fd)
+            raise MaildropBusy(f"maildrop {maildir} is in use") from None
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise MaildropUnavailable(f"lock file {path} keeps being replaced")
+
+
+# --- the uid list ---------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class _Uidlist:
+    validity: str
+    next_uid: int
+    entries: dict[str, tuple[str, int | None]]  # base -> (uid, size), in file order
+    clean: bool  # exactly as on disk: no rewrite needed for its own sake
+
+
+def _new_validity() -> str:
+    # Time makes it grow, randomness covers a clock set back or two lists
+    # created in the same second.
+    return f"{int(time.time()):x}{secrets.token_hex(2)}"
+
+
+def _read_uidlist(maildir: str) -> _Uidlist:
+    path = os.path.join(maildir, UIDLIST_NAME)
+    try:
+        with open(path, "rb") as file:
+            text = file.read().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return _Uidlist(validity=_new_validity(), next_uid=1, entries={}, clean=False)
+    lines = text.split("\n")
+    header = lines[0].split(" ")
+    if len(header) == 4 and header[0] == _MAGIC and header[1] != _VERSION:
+        # Written by a newer mailslot: overwriting it could lose uids.
+        raise MaildropUnavailable(f"{path}: unsupported version {header[1]}", permanent=True)
+    if not (
+        len(header) == 4
+        and header[0] == _MAGIC
+        and header[3].isascii()
+        and header[3].isdigit()
+        and _VALIDITY.fullmatch(header[2])
+    ):
+        _log.warning("%s: bad header, starting a new uid validity", path)
+        return _Uidlist(validity=_new_validity(), next_uid=1, entries={}, clean=False)
+    entries: dict[str, tuple[str, int | None]] = {}
+    clean = lines[-1] == ""
+    for line in lines[1:]:
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            uid, size, base = parts
+            if (
+                (size == "-" or (size.isascii() and size.isdigit()))
+                and 0 < len(uid) <= _UID_MAX
+                and uid.isascii()
+                and uid.isprintable()
+                and base not in entries
+            ):
+                entries[base] = (uid, None if size == "-" else int(size))
+                continue
+        if line:
+            clean = False
+    if not clean:
+        _log.warning("%s: skipped malformed lines", path)
+    return _Uidlist(validity=header[2], next_uid=int(header[3]), entries=entries, clean=clean)
+
+
+def _write_uidlist(
+    maildir: str, validity: str, next_uid: int, rows: Iterable[tuple[str, int | None, str]]
+) -> None:
+    """Replace the uid list atomically and durably."""
+    lines = [f"{_MAGIC} {_VERSION} {validity} {next_uid}\n"]
+    lines += [f"{uid} {'-' if size is None else size} {base}\n" for uid, size, base in rows]
+    data = "".join(lines).encode("utf-8", "surrogateescape")
+    tmp = os.path.join(maildir, _UIDLIST_TMP)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, 0o600)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(maildir, UIDLIST_NAME))
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(maildir)
+
+
+def import_uids(
+    maildir: str | os.PathLike[str],
+    entries: Iterable[tuple[str, int | None, str]],
+    *,
+    next_uid: int | None = None,
+) -> None:
+    """Replace the uid list of ``maildir`` with ``entries``, for migrations.
+
+    Each entry is ``(uid, wire_size, base_name)``: ``uid`` is kept verbatim
+    (1-70 characters in 0x21-0x7E, unique), ``wire_size`` may be ``None``
+    (computed at the next open), ``base_name`` is the file name before
+    ``:2,``.  Their order is the snapshot order.  Messages not listed get
+    fresh uids at the next open.  The existing validity is kept and the
+    counter becomes ``max(current, next_uid)``: it never goes back.  Takes the
+    maildrop lock (``MaildropBusy`` while a session is open).
+    """
+    path = os.fspath(maildir)
+    rows = list(entries)
+    uids: set[str] = set()
+    bases: set[str] = set()
+    for uid, size, base in rows:
+        if not 0 < len(uid) <= _UID_MAX or not all("!" <= c <= "~" for c in uid):
+            raise ValueError(f"invalid uid {uid!r}")
+        if size is not None and size < 0:
+            raise ValueError(f"negative size for {base!r}")
+        if not base or base[0] == "." or any(c in base for c in ":/\n\r"):
+            raise ValueError(f"invalid base name {base!r}")
+        if uid in uids or base in bases:
+            raise ValueError(f"duplicate uid or base name: {uid!r} {base!r}")
+        uids.add(uid)
+        bases.add(base)
+    if next_uid is not None and next_uid < 1:
+        raise ValueError("next_uid must be positive")
+    _ensure_dirs(path)
+    fd = _lock(path)
+    try:
+        current = _read_uidlist(path)
+        _write_uidlist(path, current.validity, max(current.next_uid, next_uid or 1), rows)
+    finally:
+        os.close(fd)
+
+
+# --- the maildrop -----------------------------------------------------------------
+
+
+class MaildirMaildrop:
+    """One locked POP3 session's view of a Maildir (see the module docstring)."""
+
+    __slots__ = (
+        "_bases",
+        "_fd",
+        "_messages",
+        "_names",
+        "_next_uid",
+        "_removed",
+        "_validity",
+        "path",
+    )
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._removed: set[int] = set()
+        # File names relative to cur/, or "new/<name>" for one found in new/;
+        # None once a rescan could not find the message.
+        self._names: list[str | None] = []
+        self._bases: list[str] = []
+        self._messages: tuple[MessageInfo, ...] = ()
+        self._validity = ""
+        self._next_uid = 1
+
+    def _load(self) -> None:
+        cur = os.path.join(self.path, "cur")
+        new = os.path.join(self.path, "new")
+        for name in _scan(new).values():
+            target = name if ":" in name else name + _INFO
+            # Gone already?  Another reader moved or removed it: cur/ decides.
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(os.path.join(new, name), os.path.join(cur, target))
+        # Not fsynced: either directory holding the file after a crash is fine.
+        present = _scan(cur)
+        uidlist = _read_uidlist(self.path)
+        dirty = not uidlist.clean
+        names, bases, infos = self._names, self._bases, []
+        for base, (uid, cached) in uidlist.entries.items():
+            name = present.pop(base, "")
+            if not name:
+                dirty = True  # its file is gone: drop the entry
+                continue
+            size = cached
+            if size is None:
+                size = _file_wire_size(os.path.join(cur, name))  # imported without one
+                if size is None:
+                    continue
+                dirty = True
+            names.append(name)
+            bases.append(base)
+            infos.append(MessageInfo(uid, size))
+        next_uid = uidlist.next_uid
+        for base in sorted(present, key=_delivery_order):
+            if "\n" in base or "\r" in base:
+                _log.warning("%s: ignoring unlistable file name %r", cur, base)
+                continue
+            name = present[base]
+            size = _name_wire_size(base)
+            if size is None:
+                size = _file_wire_size(os.path.join(cur, name))
+                if size is None:
+                    continue
+            names.append(name)
+            bases.append(base)
+            infos.append(MessageInfo(f"{next_uid}.{uidlist.validity}", size))
+            next_uid += 1
+            dirty = True
+        self._messages = tuple(infos)
+        self._validity, self._next_uid = uidlist.validity, next_uid
+        if dirty:
+            self._save()
+
+    def _save(self) -> None:
+        removed = self._removed
+        rows = (
+            (info.uid, info.size, base)
+            for index, (info, base) in enumerate(zip(self._messages, self._bases, strict=True))
+            if index not in removed
+        )
+        _write_uidlist(self.path, self._validity, self._next_uid, rows)
+
+    @property
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._messages
+
+    def _file(self, index: int) -> str | None:
+        if not 0 <= index < len(self._messages):
+            raise IndexError(f"no message at index {index}")
+        name = self._names[index]
+        if name is None:
+            return None
+        return os.path.join(self.path, name if "/" in name else os.path.join("cur", name))
+
+    def _rescan(self) -> None:
+        """Refresh every file name after a miss: flags changed, or mail moved."""
+        found = {
+            base: "new/" + name for base, name in _scan(os.path.join(self.path, "new")).items()
+        }
+        found.update(_scan(os.path.join(self.path, "cur")))
+        self._names = [found.get(base) for base in self._bases]
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise MaildropError("maildrop is closed")
+
+    def open_message(self, index: int) -> BinaryIO:
+        self._check_open()
+        for attempt in range(2):
+            path = self._file(index)
+            if path is None:
+                break  # a rescan already missed it: gone for good
+            try:
+                return open(path, "rb")
+            except FileNotFoundError:
+                if attempt:
+                    break
+            except OSError as exc:
+                raise MaildropError(f"cannot read {path}: {exc.strerror}") from exc
+            try:
+                self._rescan()
+            except OSError as exc:
+                raise MaildropError(f"cannot list {self.path}: {exc.strerror}") from exc
+        raise MessageGone(f"message {index + 1} was removed from {self.path}")
+
+    def commit(self, indexes: Collection[int]) -> int:
+        self._check_open()
+        chosen = sorted(set(indexes) - self._removed)
+        for index in chosen:
+            self._file(index)  # IndexError before touching anything
+        try:
+            for index in chosen:
+                self._unlink(index)
+                self._removed.add(index)
+            if chosen:
+                _fsync_dir(os.path.join(self.path, "cur"))
+                _fsync_dir(os.path.join(self.path, "new"))
+        except OSError as exc:
+            raise MaildropError(f"cannot remove messages from {self.path}: {exc}") from exc
+        if chosen:
+            try:
+                self._save()
+            except OSError as exc:
+                # The deletions are done and durable; the next open drops
+                # the stale entries anyway, so this is not the client's failure.
+                _log.warning("%s: uid list not rewritten: %s", self.path, exc)
+        return len(chosen)
+
+    def _unlink(self, index: int) -> None:
+        for attempt in range(2):
+            path = self._file(index)
+            if path is None:
+                return
+            try:
+                os.unlink(path)
+                return
+            except FileNotFoundError:
+                if attempt == 0:
+                    self._rescan()  # renamed by another tool, or really gone
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # releases the flock
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- the store ------------------------------------------------------------------
+
+
+def _escape_hostname(hostname: str) -> str:
+    # The Maildir spec escapes "/" and ":"; "," too, so that ",S=" and ",W="
+    # stay unambiguous when names are parsed.
+    return hostname.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
+
+
+class MaildirStore:
+    """Maildir maildrops at ``location``, a ``{user}``/``{domain}`` template."""
+
+    __slots__ = ("_hostname", "_template")
+
+    def __init__(self, location: str, *, hostname: str | None = None) -> None:
+        self._template = LocationTemplate(location)
+        host = socket.gethostname() if hostname is None else hostname
+        if any(c <= " " or c == "\x7f" for c in host):
+            raise ValueError(f"hostname must not contain spaces or control characters: {host!r}")
+        self._hostname = _escape_hostname(host or "localhost")
+
+    def maildir_path(self, user: str, domain: str) -> str:
+        """The Maildir of ``user``@``domain``; ``InvalidName`` (a ValueError) if unsafe."""
+        return self._template.expand(user=user, domain=domain)
+
+    def open(self, user: str, domain: str) -> MaildirMaildrop:
+        try:
+            path = self.maildir_path(user, domain)
+        except InvalidName as exc:
+            raise MaildropUnavailable(str(exc), permanent=True) from exc
+        try:
+            _ensure_dirs(path)
+            fd = _lock(path)
+        except OSError as exc:
+            raise MaildropUnavailable(f"cannot open {path}: {exc}") from exc
+        maildrop = MaildirMaildrop(path, fd)
+        try:
+            maildrop._load()
+        except OSError as exc:
+            maildrop.close()
+            raise MaildropUnavailable(f"cannot read {path}: {exc}") from exc
+        except BaseException:
+            maildrop.close()
+            raise
+        return maildrop
+
+    def _unique_name(self) -> str:
+        now = time.time_ns() // 1000
+        seconds, usec = divmod(now, 1_000_000)
+        return (
+            f"{seconds}.M{usec}P{os.getpid()}Q{next(_deliveries)}"
+            f"R{secrets.token_hex(8)}.{self._hostname}"
+        )
+
+    def deliver(self, user: str, domain: str, message: BinaryIO) -> str:
+        try:
+            path = self.maildir_path(user, domain)
+        except InvalidName as exc:
+            raise DeliveryError(str(exc), temporary=False) from exc
+        unique = self._unique_name()
+        tmp = os.path.join(path, "tmp", unique)
+        final: str | None = None
+        created = False
+        try:
+            _ensure_dirs(path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+            created = True
+            counter = _WireCounter()
+            try:
+                while chunk := message.read(_CHUNK):
+                    counter.feed(chunk)
+                    _write_all(fd, chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            name = f"{unique},S={counter.octets},W={counter.wire_size}"
+            target = os.path.join(path, "new", name)
+            try:
+                os.link(tmp, target)  # unlike rename, never replaces a file
+                linked = True
+            except OSError as exc:
+                if exc.errno not in _LINK_UNSUPPORTED:
+                    raise
+                os.rename(tmp, target)
+                linked = False
+            final = target
+            if linked:
+                os.unlink(tmp)
+            created = False
+            _fsync_dir(os.path.join(path, "new"))
+        except BaseException as exc:
+            if created:
+                _unlink_quietly(tmp)
+            if final is not None:
+                _unlink_quietly(final)  # not durable, so not accepted: no duplicate on retry
+            if isinstance(exc, OSError):
+                raise DeliveryError(f"cannot deliver to {path}: {exc}", temporary=True) from exc
+            raise
+        return name
