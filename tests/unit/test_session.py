@@ -32,10 +32,11 @@ def logged_in(messages: list[bytes] | None = None, **kwargs: object) -> SessionH
 # ---------------------------------------------------------------- greeting, state
 
 
-def test_greeting_carries_apop_timestamp() -> None:
-    h = SessionHarness()
+def test_greeting_carries_apop_timestamp_only_with_apop() -> None:
+    h = SessionHarness(options=SessionOptions(apop=True))
     assert h.greeting == b"+OK mailslot ready. <1896.697170952@dbc.mtview.ca.us>\r\n"
     assert h.session.state is State.AUTHORIZATION
+    assert SessionHarness().greeting == b"+OK mailslot ready.\r\n"
 
 
 def test_rfc1939_example_session() -> None:

@@ -209,7 +209,11 @@ class Session:
             Verb.UIDL: self._cmd_uidl,
             Verb.QUIT: self._cmd_quit,
         }
-        text = f"{greeting} {greeting_timestamp}" if greeting_timestamp else greeting
+        # RFC 1939 §7: the timestamp is the APOP challenge.  Clients such as
+        # curl use APOP whenever the greeting carries one, so it is shown only
+        # when APOP is offered.
+        show = options.apop and greeting_timestamp
+        text = f"{greeting} {greeting_timestamp}" if show else greeting
         self._ok(text)
 
     # ------------------------------------------------------------ public API
