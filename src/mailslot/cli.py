@@ -1,0 +1,352 @@
+"""The ``mailslot`` command.
+
+Exit codes: 0 success, 1 operational failure, 2 bad usage or bad config;
+``deliver`` follows sendmail's sysexits: 67 (no such user), 75 (temporary
+failure, retry later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mailslot import __version__
+from mailslot.config import DEFAULT_DATA_DIR, ConfigError, Settings, load_settings
+
+EX_OK = 0
+EX_FAIL = 1
+EX_USAGE = 2
+EX_NOUSER = 67  # sysexits.h
+EX_TEMPFAIL = 75  # sysexits.h
+
+QUICKSTART_POP3 = "127.0.0.1:1110"
+DEMO_USER = "demo"
+
+log = logging.getLogger("mailslot")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EX_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "data", None):
+        overrides["server.data_dir"] = str(Path(args.data).resolve())
+    if getattr(args, "pop3", None):
+        overrides["pop3.listen"] = list(args.pop3)
+    if getattr(args, "log_level", None):
+        overrides["server.log_level"] = args.log_level
+    config = getattr(args, "config", None)
+    if config is None and not overrides.get("server.data_dir"):
+        raise CliError("give a config file (-c CONFIG) or a data directory (--data DIR)", EX_USAGE)
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as exc:
+        raise CliError(f"config error: {exc}", EX_USAGE) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CliError("passwords do not match")
+    else:
+        raise CliError("no terminal to prompt on: use --password-stdin", EX_USAGE)
+    if not password:
+        raise CliError("empty password refused", EX_USAGE)
+    if "\x00" in password:
+        raise CliError("a password cannot contain NUL", EX_USAGE)
+    return password
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # noqa: PLC0415 (optional accelerator)
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+# ---------------------------------------------------------------- serve
+
+
+async def _serve(settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
+    from mailslot.server.app import MailslotServer  # noqa: PLC0415 (keeps `user` fast)
+
+    server = MailslotServer(settings)
+    try:
+        listeners = await server.start()
+    except OSError as exc:
+        raise CliError(f"cannot listen: {exc}") from None
+    server.install_signal_handlers()
+    for listener in listeners:
+        print(f"mailslot: {listener.protocol} listening on {listener.address}", file=sys.stderr)
+    if ready is not None:
+        ready()
+    await server.serve_until_stopped()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    _run(_serve(settings))
+    return EX_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"config OK: data directory {settings.data_dir}")
+    for address in settings.pop3_listen:
+        print(f"  pop3 listen {address}")
+    print(f"  mail location {settings.mail_template}")
+    print(f"  user database {settings.user_db_path}")
+    return EX_OK
+
+
+# ---------------------------------------------------------------- quickstart
+
+QUICKSTART_CONFIG = """\
+# mailslot configuration, made by `mailslot quickstart`.
+# Every setting is described in the README ("Configuration").
+
+[server]
+data_dir = "."
+
+[pop3]
+listen = ["{pop3}"]
+
+[auth]
+default_domain = "localhost"
+"""
+
+WELCOME = """\
+From: mailslot <postmaster@localhost>
+To: {user}@localhost
+Subject: Welcome to mailslot
+Date: {date}
+Message-ID: <welcome.{token}@localhost>
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: 8bit
+
+Hello!
+
+This message sits in a Maildir on disk, served to you by mailslot over POP3.
+Deliver more with:
+
+    mailslot deliver -c {config} {user} < message.eml
+
+Добро пожаловать! (8-bit text passes through untouched.)
+"""
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from email.utils import formatdate  # noqa: PLC0415
+
+    from mailslot.auth import UserExists  # noqa: PLC0415
+    from mailslot.server.app import open_store, open_user_db  # noqa: PLC0415
+
+    root = Path(args.dir).resolve()
+    config = root / "config.toml"
+    created = not config.exists()
+    if created:
+        root.mkdir(parents=True, exist_ok=True)
+        config.write_text(QUICKSTART_CONFIG.format(pop3=QUICKSTART_POP3), encoding="utf-8")
+    args.config = str(config)
+    settings = _settings(args)
+    password = None
+    with open_user_db(settings) as users:
+        if users.get(DEMO_USER) is None:
+            password = secrets.token_urlsafe(12)
+            try:
+                users.add(DEMO_USER, password)
+            except UserExists:  # pragma: no cover - raced with another quickstart
+                password = None
+            else:
+                welcome = WELCOME.format(
+                    user=DEMO_USER,
+                    date=formatdate(localtime=True),
+                    token=secrets.token_hex(8),
+                    config=config,
+                )
+                store = open_store(settings)
+                with tempfile.TemporaryFile() as spool:
+                    spool.write(welcome.replace("\n", "\r\n").encode("utf-8"))
+                    spool.seek(0)
+                    store.deliver(DEMO_USER, settings.default_domain, spool)
+    address = settings.pop3_listen[0]
+    print(f"mailslot {__version__} quickstart in {root}")
+    print(f"  config:   {config}")
+    if password is not None:
+        print(f"  user:     {DEMO_USER}   password: {password}   (shown once; keep it)")
+    else:
+        print(f"  user:     {DEMO_USER}   (existing; reset the password with:")
+        print(f"            mailslot user passwd -c {config} {DEMO_USER})")
+    secret = password if password is not None else "PASSWORD"
+    print("Fetch the welcome message:")
+    print(f"  curl -u {DEMO_USER}:{secret} pop3://{address}/1")
+    print("Stop with Ctrl-C.")
+    sys.stdout.flush()
+    _setup_logging(settings.log_level)
+    _run(_serve(settings))
+    return EX_OK
+
+
+# ---------------------------------------------------------------- users
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from mailslot.auth import InvalidName, NoSuchUser, UserExists  # noqa: PLC0415
+    from mailslot.server.app import open_user_db  # noqa: PLC0415
+
+    settings = _settings(args)
+    try:
+        with open_user_db(settings) as users:
+            if args.action == "add":
+                account = users.add(args.name, _read_password(args))
+                print(f"added {account.name}")
+            elif args.action == "passwd":
+                users.set_password(args.name, _read_password(args))
+                print("password changed")
+            elif args.action == "del":
+                users.delete(args.name)
+                print("deleted (the maildrop is left on disk)")
+            else:
+                for record in users.list():
+                    print(record.account.name)
+    except UserExists:
+        raise CliError("user already exists") from None
+    except NoSuchUser:
+        raise CliError("no such user", EX_NOUSER) from None
+    except InvalidName as exc:
+        raise CliError(f"invalid user name: {exc}", EX_USAGE) from None
+    return EX_OK
+
+
+# ---------------------------------------------------------------- deliver
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from mailslot.auth import InvalidName  # noqa: PLC0415
+    from mailslot.server.app import open_store, open_user_db  # noqa: PLC0415
+    from mailslot.store import DeliveryError  # noqa: PLC0415
+
+    settings = _settings(args)
+    accounts = []
+    with open_user_db(settings) as users:
+        for name in args.users:
+            try:
+                record = users.get(name)
+            except InvalidName:
+                record = None
+            if record is None:
+                raise CliError(f"no such user: {_safe(name)}", EX_NOUSER)
+            accounts.append(record.account)
+    store = open_store(settings)
+    source: BinaryIO = sys.stdin.buffer
+    try:
+        with tempfile.TemporaryFile() as spool:
+            while chunk := source.read(1 << 20):
+                spool.write(chunk)
+            for account in accounts:
+                spool.seek(0)
+                store.deliver(account.user, account.domain, spool)
+    except DeliveryError as exc:
+        code = EX_TEMPFAIL if exc.temporary else EX_FAIL
+        raise CliError(f"delivery failed: {exc}", code) from None
+    except OSError as exc:
+        raise CliError(f"delivery failed: {exc}", EX_TEMPFAIL) from None
+    return EX_OK
+
+
+def _safe(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")[:100]
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="TOML config file")
+    parser.add_argument("--data", metavar="DIR", help="data directory (overrides the config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailslot", description="A POP3 server on Maildir.")
+    parser.add_argument("--version", action="version", version=f"mailslot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", help="create a working setup and serve it on loopback")
+    p.add_argument(
+        "--dir", default=DEFAULT_DATA_DIR, help=f"setup directory (./{DEFAULT_DATA_DIR})"
+    )
+    p.set_defaults(func=cmd_quickstart, config=None, data=None, pop3=None)
+
+    p = sub.add_parser("serve", help="serve POP3 in the foreground")
+    _add_common(p)
+    p.add_argument("--pop3", action="append", metavar="HOST:PORT", help="POP3 listener (repeat)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate the configuration")
+    _add_common(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("user", help="manage users")
+    users = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("add", "add a user"), ("passwd", "set a password"), ("del", "delete")):
+        q = users.add_parser(action, help=text)
+        _add_common(q)
+        q.add_argument("name")
+        if action != "del":
+            q.add_argument(
+                "--password-stdin", action="store_true", help="read the password from stdin"
+            )
+        q.set_defaults(func=cmd_user)
+    q = users.add_parser("list", help="list users")
+    _add_common(q)
+    q.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("deliver", help="deliver a message from stdin to users' maildrops")
+    _add_common(p)
+    p.add_argument("users", nargs="+", metavar="USER")
+    p.set_defaults(func=cmd_deliver)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"mailslot: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,228 @@
+"""Configuration: a TOML file (and command-line overrides) → frozen, validated
+``Settings``.
+
+Every setting is declared once, as a field of ``Settings`` whose metadata
+names its TOML key (``section.key``) and its parser.  The loader walks those
+fields, so the key list, the validation and the docs cannot drift apart.
+Unknown keys and bad values raise ``ConfigError`` naming the key; the CLI
+turns that into exit code 2.
+
+Relative paths are relative to the data directory; the data directory itself
+is relative to the config file's directory (or the working directory when
+there is no file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MAIL_LOCATION = "{data_dir}/mail/{domain}/{user}/Maildir"
+DEFAULT_DATA_DIR = "mailslot-data"
+
+
+class ConfigError(Exception):
+    """A bad configuration; ``key`` is the dotted TOML key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def parse_address(value: str) -> Address:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all addresses)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected host:port, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return Address(host or "0.0.0.0", port)  # noqa: S104 (explicitly asked for)
+
+
+def _addresses(value: object) -> tuple[Address, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('expected a list of "host:port" strings')
+    return tuple(parse_address(v) for v in value)
+
+
+def _int(low: int, high: int | None = None) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("expected a number of seconds")
+        if value < low:
+            raise ValueError(f"must be >= {low}")
+        return float(value)
+
+    return parse
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _expire(value: object) -> str:
+    """RFC 2449 §6.7: ``never`` or a number of days."""
+    if isinstance(value, str) and value.lower() == "never":
+        return "NEVER"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    raise ValueError('expected "never" or a number of days')
+
+
+def _log_level(value: object) -> str:
+    levels = ("debug", "info", "warning", "error")
+    if not isinstance(value, str) or value.lower() not in levels:
+        raise ValueError(f"expected one of {', '.join(levels)}")
+    return value.lower()
+
+
+def _domain(value: object) -> str:
+    text = _str(value).strip().lower()
+    if not text or any(c in text for c in "/\\ @+") or text.startswith("."):
+        raise ValueError("expected a domain name")
+    return text
+
+
+def _location(value: object) -> str:
+    text = _str(value)
+    if "{user}" not in text:
+        raise ValueError("the mail location must contain {user}")
+    return text
+
+
+def _opt(key: str, default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
+    return field(default=default, metadata={"key": key, "parse": parse, "doc": doc})
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything mailslot reads from its config.  See README "Configuration"."""
+
+    data_dir: Path = _opt("server.data_dir", Path(DEFAULT_DATA_DIR), _str, "data directory")
+    hostname: str = _opt("server.hostname", "", _str, "name in greetings (default: FQDN)")
+    max_connections: int = _opt("server.max_connections", 1000, _int(1), "all listeners")
+    log_level: str = _opt("server.log_level", "info", _log_level, "debug|info|warning|error")
+    shutdown_grace: float = _opt(
+        "server.shutdown_grace", 10.0, _seconds(0), "seconds sessions get to end on SIGTERM"
+    )
+    pop3_listen: tuple[Address, ...] = _opt(
+        "pop3.listen", (Address("127.0.0.1", 110),), _addresses, "POP3 (plain/STLS) listeners"
+    )
+    autologout: float = _opt(
+        "pop3.autologout", 600.0, _seconds(1), "idle seconds before disconnect (RFC: >= 600)"
+    )
+    expire: str = _opt("pop3.expire", "NEVER", _expire, "EXPIRE capability")
+    login_delay: int = _opt("pop3.login_delay", 0, _int(0), "LOGIN-DELAY seconds; 0 = off")
+    max_bad_commands: int = _opt("pop3.max_bad_commands", 20, _int(1), "bad commands in a row")
+    max_auth_failures: int = _opt("pop3.max_auth_failures", 3, _int(1), "per connection")
+    implementation: str = _opt("pop3.implementation", "mailslot", _str, "IMPLEMENTATION")
+    mail_location: str = _opt(
+        "storage.mail_location", DEFAULT_MAIL_LOCATION, _location, "Maildir path template"
+    )
+    user_db: str = _opt("auth.database", "users.sqlite3", _str, "SQLite user database")
+    default_domain: str = _opt("auth.default_domain", "localhost", _domain, "for bare logins")
+    argon2_time_cost: int = _opt("auth.argon2_time_cost", 3, _int(1), "argon2id passes")
+    argon2_memory_kib: int = _opt("auth.argon2_memory_kib", 65536, _int(8), "argon2id memory")
+    auth_workers: int = _opt("auth.workers", 2, _int(1, 64), "password-hashing threads")
+
+    @property
+    def user_db_path(self) -> Path:
+        return self.data_dir / self.user_db
+
+    @property
+    def mail_template(self) -> str:
+        """The mail location with ``{data_dir}`` filled in."""
+        return self.mail_location.replace("{data_dir}", str(self.data_dir))
+
+    @property
+    def greeting_hostname(self) -> str:
+        return self.hostname or socket.getfqdn()
+
+
+def setting_keys() -> dict[str, str]:
+    """TOML key → description, for docs and error messages."""
+    return {f.metadata["key"]: f.metadata["doc"] for f in dataclasses.fields(Settings)}
+
+
+def load_settings(
+    path: str | Path | None = None, overrides: Mapping[str, object] | None = None
+) -> Settings:
+    """Read ``path`` (if any), apply ``overrides`` (dotted keys), validate."""
+    raw: dict[str, object] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            with path.open("rb") as stream:
+                document = tomllib.load(stream)
+        except FileNotFoundError:
+            raise ConfigError("", f"config file not found: {path}") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("", f"cannot read {path}: {exc}") from None
+        raw = _flatten(document)
+        base = path.resolve().parent
+    raw.update(overrides or {})
+
+    fields = {f.metadata["key"]: f for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(unknown[0], "unknown setting")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = fields[key]
+        try:
+            values[f.name] = f.metadata["parse"](value)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    data_dir = Path(values.get("data_dir", DEFAULT_DATA_DIR))
+    values["data_dir"] = (base / data_dir).resolve()
+    return Settings(**values)
+
+
+def _flatten(document: Mapping[str, object]) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise ConfigError(section, "expected a [section] table")
+        for key, value in table.items():
+            flat[f"{section}.{key}"] = value
+    return flat

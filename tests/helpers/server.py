@@ -1,0 +1,187 @@
+"""Real servers for integration tests: in a thread of this process, or as a
+``mailslot serve`` subprocess (for memory measurements and signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailslot.auth import Account
+from mailslot.config import Settings, load_settings
+from mailslot.server.app import MailslotServer, open_store, open_user_db
+
+# Cheap argon2 parameters keep hundreds of logins fast in tests.
+FAST_HASH = {"auth.argon2_time_cost": 1, "auth.argon2_memory_kib": 8}
+CONFIG_TEMPLATE = """\
+[server]
+data_dir = "{data}"
+log_level = "info"
+[pop3]
+listen = ["127.0.0.1:0"]
+[auth]
+argon2_time_cost = 1
+argon2_memory_kib = 8
+"""
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "server.data_dir": str(data_dir),
+        "pop3.listen": ["127.0.0.1:0"],
+        "server.hostname": "test.invalid",
+        **FAST_HASH,
+    }
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_settings(None, values)
+
+
+def add_user(settings: Settings, name: str, password: str) -> Account:
+    with open_user_db(settings) as users:
+        return users.add(name, password)
+
+
+def deliver(settings: Settings, name: str, message: bytes) -> str:
+    user, _, domain = name.partition("@")
+    return open_store(settings).deliver(
+        user, domain or settings.default_domain, io.BytesIO(message)
+    )
+
+
+@dataclass
+class ThreadServer:
+    """A ``MailslotServer`` running on its own event loop in a thread."""
+
+    settings: Settings
+    address: tuple[str, int] = ("", 0)
+    server: MailslotServer | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _ready: threading.Event = field(default_factory=threading.Event)
+    _error: BaseException | None = None
+
+    def start(self) -> ThreadServer:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self.server = MailslotServer(self.settings)
+        listeners = await self.server.start()
+        self.address = (listeners[0].address.host, listeners[0].address.port)
+        self._ready.set()
+        await self.server.serve_until_stopped()
+
+    def stop(self) -> None:
+        if self._loop is not None and self.server is not None and self._thread is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.server.stop)
+            self._thread.join(30)
+
+    def connect(self, timeout: float = 10) -> socket.socket:
+        return socket.create_connection(self.address, timeout=timeout)
+
+
+@contextlib.contextmanager
+def running(settings: Settings) -> Iterator[ThreadServer]:
+    server = ThreadServer(settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class ProcessServer:
+    """``python -m mailslot serve -c CONFIG`` in a subprocess."""
+
+    def __init__(self, config: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailslot", "serve", "-c", str(config), *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError("server exited: " + "".join(self.lines))
+            self.lines.append(line)
+            match = re.search(r"pop3 listening on (\S+):(\d+)", line)
+            if match:
+                self.address = (match.group(1), int(match.group(2)))
+                break
+        else:
+            raise RuntimeError("server did not start")
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
+        assert match
+        return int(match.group(1))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._drain.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        return self.proc.returncode
+
+
+def write_config(data_dir: Path, extra: str = "") -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "config.toml"
+    config.write_text(CONFIG_TEMPLATE.format(data=data_dir) + extra)
+    return config
+
+
+def cli(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailslot", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
