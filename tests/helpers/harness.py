@@ -29,6 +29,11 @@ from mailslot.pop3.events import (
     MessageRequested,
     MessageUnavailable,
     NeedData,
+    SaslChallenge,
+    SaslRequested,
+    SaslResponse,
+    TlsRequested,
+    TlsStarted,
 )
 from mailslot.pop3.session import Session, SessionOptions
 from mailslot.wire import wire_size
@@ -55,6 +60,8 @@ class SessionHarness:
     committed: frozenset[int] | None = None
     closed: str | None = None
     requests: list[object] = field(default_factory=list)
+    tls_started: int = 0
+    sasl_mechanism: str = ""
 
     def __post_init__(self) -> None:
         self.session = Session(options=self.options, greeting_timestamp=RFC_TIMESTAMP)
@@ -100,6 +107,17 @@ class SessionHarness:
                         session.send(AuthFailed())
                 case ApopRequested():
                     session.send(AuthFailed())
+                case SaslRequested(mechanism=mechanism, initial_response=initial):
+                    self.sasl_mechanism = mechanism
+                    if initial is None:
+                        session.send(SaslChallenge(b""))
+                    else:
+                        self._sasl_step(initial)
+                case SaslResponse(data=data):
+                    self._sasl_step(data)
+                case TlsRequested():
+                    self.tls_started += 1
+                    session.send(TlsStarted())
                 case MaildropRequested():
                     session.send(self._maildrop_answer())
                 case MessageRequested(index=index):
@@ -111,6 +129,14 @@ class SessionHarness:
                         self.committed = indexes
                         session.send(CommitDone())
         return b"".join(out)
+
+    def _sasl_step(self, data: bytes) -> None:
+        """A toy PLAIN: enough to exercise the session's SASL framing."""
+        parts = data.split(b"\0")
+        if len(parts) == 3 and (parts[1], parts[2]) == (USER.encode(), PASSWORD.encode()):
+            self.session.send(AuthSucceeded(account=USER))
+        else:
+            self.session.send(AuthFailed())
 
     def _maildrop_answer(
         self,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -75,7 +78,7 @@ def test_every_command_in_every_state(verb: Verb, state: State) -> None:
     out = h.client_sends(f"{verb.value}{args}\r\n".encode())
     first = out.split(b"\r\n", 1)[0]
     if verb is Verb.STLS:
-        assert first.startswith(b"-ERR Unknown command")
+        assert first.startswith(b"-ERR Unknown command")  # not offered without TLS
     elif verb not in COMMANDS_BY_STATE[state]:
         assert first.startswith(b"-ERR Command not valid in " + state.value.encode())
         assert b"Allowed:" in first
@@ -174,7 +177,7 @@ def test_apop_parser_and_option() -> None:
 
 
 def test_plaintext_auth_disabled() -> None:
-    h = SessionHarness(options=SessionOptions(plaintext_auth=False))
+    h = SessionHarness(options=SessionOptions(plaintext_without_tls=False))
     out = h.client_sends(b"USER mrose\r\n")
     assert out.startswith(b"-ERR [AUTH] Plaintext authentication disallowed")
     assert b"\r\nUSER\r\n" not in h.client_sends(b"CAPA\r\n")
@@ -459,3 +462,111 @@ def test_message_requested_carries_top_lines() -> None:
     h = logged_in()
     h.client_sends(b"TOP 1 7\r\n")
     assert any(isinstance(r, MessageRequested) and r.top_lines == 7 for r in h.requests)
+
+
+# ---------------------------------------------------------------- STLS and SASL
+
+TLS_OPTIONS = SessionOptions(
+    stls=True, plaintext_without_tls=False, sasl_mechanisms=("SCRAM-SHA-256", "PLAIN")
+)
+
+
+def test_capa_before_and_after_stls() -> None:
+    h = SessionHarness(options=TLS_OPTIONS)
+    before = h.client_sends(b"CAPA\r\n")
+    assert b"\r\nSTLS\r\n" in before
+    assert b"\r\nUSER\r\n" not in before
+    assert b"\r\nSASL SCRAM-SHA-256\r\n" in before
+    assert h.client_sends(b"STLS\r\n") == b"+OK Begin TLS negotiation\r\n"
+    after = h.client_sends(b"CAPA\r\n")
+    assert b"STLS" not in after
+    assert b"\r\nUSER\r\n" in after
+    assert b"\r\nSASL SCRAM-SHA-256 PLAIN\r\n" in after
+
+
+@pytest.mark.parametrize("tail", [b"CAPA\r\n", b"USER mrose\r\n", b"NOOP\r\nQUIT\r\n"])
+def test_input_pipelined_after_stls_is_discarded(tail: bytes) -> None:
+    h = SessionHarness(options=TLS_OPTIONS)
+    out = h.client_sends(b"STLS\r\n" + tail)
+    assert out == b"+OK Begin TLS negotiation\r\n"
+    assert h.tls_started == 1
+    assert h.session.tls and h.closed is None
+    # Nothing of the tail was run: no USER is remembered, no QUIT happened.
+    assert h.client_sends(b"PASS tanstaaf\r\n") == b"-ERR Send USER first\r\n"
+
+
+def test_stls_rules() -> None:
+    h = SessionHarness(options=TLS_OPTIONS)
+    assert h.client_sends(b"STLS now\r\n") == b"-ERR Too many arguments\r\n"
+    h.client_sends(b"STLS\r\n")
+    assert h.client_sends(b"STLS\r\n") == b"-ERR TLS is already active\r\n"
+    h.login()
+    assert h.client_sends(b"STLS\r\n").startswith(b"-ERR Command not valid in TRANSACTION")
+    assert h.tls_started == 1
+
+
+def test_plaintext_sasl_refused_before_tls() -> None:
+    h = SessionHarness(options=TLS_OPTIONS)
+    assert (
+        h.client_sends(b"AUTH\r\n")
+        == b"+OK Supported SASL mechanisms follow\r\nSCRAM-SHA-256\r\n.\r\n"
+    )
+    assert h.client_sends(b"AUTH PLAIN\r\n").startswith(
+        b"-ERR [AUTH] Plaintext authentication disallowed"
+    )
+    assert h.client_sends(b"AUTH NOPE\r\n") == b"-ERR [AUTH] Unsupported SASL mechanism\r\n"
+
+
+SASL_OPTIONS = SessionOptions(sasl_mechanisms=("PLAIN",))
+PLAIN_OK = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+
+
+def test_sasl_initial_response() -> None:
+    h = SessionHarness(messages=[MSG1], options=SASL_OPTIONS)
+    out = h.client_sends(b"AUTH PLAIN " + PLAIN_OK + b"\r\n")
+    assert out.startswith(b"+OK Maildrop has 1 messages")
+
+
+def test_sasl_continuation() -> None:
+    h = SessionHarness(messages=[MSG1], options=SASL_OPTIONS)
+    assert h.client_sends(b"auth plain\r\n") == b"+ \r\n"
+    assert h.client_sends(PLAIN_OK + b"\r\n").startswith(b"+OK Maildrop has 1 messages")
+
+
+def test_sasl_cancel_bad_base64_and_wrong_password() -> None:
+    h = SessionHarness(options=replace(SASL_OPTIONS, max_auth_failures=10))
+    assert (
+        h.client_sends(b"AUTH PLAIN\r\n*\r\n") == b"+ \r\n-ERR [AUTH] Authentication cancelled\r\n"
+    )
+    assert (
+        h.client_sends(b"AUTH PLAIN\r\n%%%\r\n")
+        == b"+ \r\n-ERR [AUTH] Invalid base64 in SASL response\r\n"
+    )
+    assert (
+        h.client_sends(b"AUTH PLAIN ###\r\n")
+        == b"-ERR [AUTH] Invalid base64 in initial response\r\n"
+    )
+    assert h.client_sends(b"AUTH PLAIN AGEAYg==\r\n") == b"-ERR [AUTH] Authentication failed\r\n"
+    assert h.session.state is State.AUTHORIZATION
+    assert h.client_sends(b"NOOP\r\n").startswith(b"-ERR Command not valid")  # back to commands
+
+
+def test_sasl_line_limit() -> None:
+    h = SessionHarness(options=replace(SASL_OPTIONS, max_sasl_line=20_000))
+    token = base64.b64encode(b"\0x\0" + b"y" * 8000)  # an OAuth-sized response
+    assert (
+        h.client_sends(b"AUTH PLAIN\r\n" + token + b"\r\n")
+        == b"+ \r\n-ERR [AUTH] Authentication failed\r\n"
+    )
+    assert h.session._reader.limit == MAX_COMMAND_LINE
+    out = h.client_sends(b"AUTH PLAIN\r\n" + b"A" * 30_000 + b"\r\nNOOP\r\n")
+    assert (
+        out
+        == b"+ \r\n-ERR [AUTH] SASL response too long\r\n-ERR Command not valid in AUTHORIZATION state. Allowed: USER PASS AUTH UTF8 LANG CAPA QUIT\r\n"
+    )
+
+
+def test_sasl_empty_initial_response() -> None:
+    h = SessionHarness(options=SASL_OPTIONS)
+    h.client_sends(b"AUTH PLAIN =\r\n")
+    assert h.requests[0].initial_response == b""  # type: ignore[attr-defined]

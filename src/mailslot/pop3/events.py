@@ -53,6 +53,28 @@ class ApopRequested:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SaslRequested:
+    """AUTH (RFC 5034): start ``mechanism``.  ``initial_response`` is the
+    decoded initial response, ``b""`` for ``=``, None when absent."""
+
+    mechanism: str
+    initial_response: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SaslResponse:
+    """The client's decoded answer to the last ``SaslChallenge``."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsRequested:
+    """STLS accepted (RFC 2595 §4): start the TLS handshake now; the +OK has
+    been queued in ``data_to_send()``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MaildropRequested:
     """Open and exclusively lock the maildrop of an authenticated ``account``."""
 
@@ -85,6 +107,9 @@ Event = (
     NeedData
     | AuthRequested
     | ApopRequested
+    | SaslRequested
+    | SaslResponse
+    | TlsRequested
     | MaildropRequested
     | MessageRequested
     | CommitRequested
@@ -105,6 +130,18 @@ class AuthFailed:
     """Wrong user, wrong password, or a refused login: all look the same."""
 
     temporary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SaslChallenge:
+    """Send ``data`` to the client as a ``+ <base64>`` continuation."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsStarted:
+    """The handshake succeeded; the connection is now encrypted."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +197,8 @@ class CommitFailed:
 Answer = (
     AuthSucceeded
     | AuthFailed
+    | SaslChallenge
+    | TlsStarted
     | MaildropOpened
     | MaildropBusy
     | LoginDelayed

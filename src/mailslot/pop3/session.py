@@ -34,6 +34,7 @@ octets (RFC 2449 §4).
 
 from __future__ import annotations
 
+import binascii
 import enum
 import re
 from collections.abc import Callable, Sequence
@@ -62,6 +63,11 @@ from mailslot.pop3.events import (
     MessageOpened,
     MessageRequested,
     MessageUnavailable,
+    SaslChallenge,
+    SaslRequested,
+    SaslResponse,
+    TlsRequested,
+    TlsStarted,
 )
 from mailslot.pop3.states import COMMANDS_BY_STATE, State, Verb, allowed_text
 from mailslot.wire import LINE_TOO_LONG, DotStuffer, LineReader
@@ -69,6 +75,8 @@ from mailslot.wire import LINE_TOO_LONG, DotStuffer, LineReader
 MAX_COMMAND_LINE = 255  # RFC 2449 §4: octets, CRLF included
 MAX_RESPONSE_LINE = 512  # RFC 2449 §4: first line of a response, CRLF included
 MAX_MESSAGE_NUMBER_DIGITS = 10  # any longer number is out of range anyway
+MAX_SASL_LINE = 8192 + 2  # a SASL response line; Dovecot's LOGIN_MAX_AUTH_BUF_SIZE
+PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
 LANGUAGES = {"en": "English"}  # RFC 6856 §3: tag → description
 _APOP_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
@@ -97,9 +105,14 @@ class SessionOptions:
     implementation: str = "mailslot"  # RFC 2449 §6.9; "" = not advertised
     max_bad_commands: int = 20
     max_auth_failures: int = 3
-    plaintext_auth: bool = True  # USER/PASS allowed on this connection
+    tls: bool = False  # the connection is encrypted from the start (POP3S)
+    stls: bool = False  # STLS offered (RFC 2595 §4)
+    # RFC 2595 §2.3: USER/PASS and plaintext SASL mechanisms can be refused
+    # until TLS is active.
+    plaintext_without_tls: bool = True
     apop: bool = False  # APOP offered (needs a recoverable secret)
     sasl_mechanisms: tuple[str, ...] = ()
+    max_sasl_line: int = MAX_SASL_LINE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,6 +132,8 @@ class SessionStatistics:
 
 class _Wait(enum.Enum):
     AUTH = "auth"
+    SASL = "sasl"
+    TLS = "tls"
     MAILDROP = "maildrop"
     MESSAGE_OPEN = "message-open"
     MESSAGE_DATA = "message-data"
@@ -127,6 +142,8 @@ class _Wait(enum.Enum):
 
 _EXPECTED: dict[_Wait, tuple[type, ...]] = {
     _Wait.AUTH: (AuthSucceeded, AuthFailed),
+    _Wait.SASL: (SaslChallenge, AuthSucceeded, AuthFailed),
+    _Wait.TLS: (TlsStarted,),
     _Wait.MAILDROP: (MaildropOpened, MaildropBusy, LoginDelayed, MaildropFailed),
     _Wait.MESSAGE_OPEN: (MessageOpened, MessageUnavailable),
     _Wait.MESSAGE_DATA: (MessageData, MessageEnd),
@@ -153,10 +170,12 @@ class Session:
         "_queued",
         "_reader",
         "_retr_index",
+        "_sasl_pending",
         "_state",
         "_stats",
         "_stuffer",
         "_timestamp",
+        "_tls",
         "_user",
         "_utf8",
         "_waiting",
@@ -181,6 +200,8 @@ class Session:
         self._user: str | None = None
         self._account: str | None = None
         self._utf8 = False
+        self._tls = options.tls
+        self._sasl_pending = False
         self._messages: Sequence[MessageEntry] = ()
         self._deleted: set[int] = set()
         self._live_octets = 0
@@ -196,6 +217,7 @@ class Session:
             Verb.PASS: self._cmd_pass,
             Verb.APOP: self._cmd_apop,
             Verb.AUTH: self._cmd_auth,
+            Verb.STLS: self._cmd_stls,
             Verb.UTF8: self._cmd_utf8,
             Verb.LANG: self._cmd_lang,
             Verb.CAPA: self._cmd_capa,
@@ -221,6 +243,10 @@ class Session:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
 
     @property
     def message_complete(self) -> bool:
@@ -253,11 +279,14 @@ class Session:
                     self._close("eof")
                     break
                 return NEED_DATA
-            if line is LINE_TOO_LONG:
+            if self._sasl_pending:
+                event = self._sasl_line(line)
+            elif line is LINE_TOO_LONG:
                 self._bad("Line too long")
                 continue
-            assert isinstance(line, bytes)
-            event = self._handle_line(line)
+            else:
+                assert isinstance(line, bytes)
+                event = self._handle_line(line)
             if event is not None:
                 return self._expect(event)
         return CloseRequested(reason=self._close_reason)
@@ -273,6 +302,16 @@ class Session:
                 self._queued = MaildropRequested(account=account)
             case AuthFailed(temporary=temporary):
                 self._auth_failed(temporary=temporary)
+            case SaslChallenge(data=data):
+                self._out.append(b"+ " + binascii.b2a_base64(data, newline=False) + b"\r\n")
+                self._sasl_pending = True
+                self._reader.limit = self._options.max_sasl_line
+            case TlsStarted():
+                # RFC 2595 §4 / CVE-2011-0411: whatever the client pipelined
+                # after STLS arrived in plaintext; it is discarded, never run.
+                self._reader.clear()
+                self._tls = True
+                self._user = None
             case MaildropOpened(messages=messages):
                 self._open(messages)
             case MaildropBusy():
@@ -333,6 +372,10 @@ class Session:
         match event:
             case AuthRequested() | ApopRequested():
                 self._waiting = _Wait.AUTH
+            case SaslRequested() | SaslResponse():
+                self._waiting = _Wait.SASL
+            case TlsRequested():
+                self._waiting = _Wait.TLS
             case MaildropRequested():
                 self._waiting = _Wait.MAILDROP
             case MessageRequested():
@@ -368,13 +411,28 @@ class Session:
             self._state = State.CLOSED
             self._close_reason = reason
 
+    def _plaintext_ok(self) -> bool:
+        return self._tls or self._options.plaintext_without_tls
+
+    def _mechanisms(self) -> list[str]:
+        """SASL mechanisms offered now: no plaintext ones before TLS unless
+        the operator allows them (as Dovecot does)."""
+        mechanisms = self._options.sasl_mechanisms
+        if self._plaintext_ok():
+            return list(mechanisms)
+        return [m for m in mechanisms if m not in PLAINTEXT_MECHANISMS]
+
+    def _stls_offered(self) -> bool:
+        return self._options.stls and not self._tls
+
     def _hidden_verbs(self) -> frozenset[Verb]:
         hidden = set()
-        if not self._options.plaintext_auth:
+        if not self._plaintext_ok():
             hidden |= {Verb.USER, Verb.PASS}
         if not self._options.apop:
             hidden.add(Verb.APOP)
-        hidden.add(Verb.STLS)
+        if not self._stls_offered():
+            hidden.add(Verb.STLS)
         return frozenset(hidden)
 
     def _handle_line(self, line: bytes) -> Event | None:
@@ -388,7 +446,7 @@ class Session:
         except (UnicodeDecodeError, ValueError):
             verb = None
         state = self._state
-        if verb is None or verb is Verb.STLS:
+        if verb is None or (verb is Verb.STLS and not self._options.stls):
             allowed = allowed_text(state, hidden=self._hidden_verbs())
             self._bad(f"Unknown command. Allowed in {state.value} state: {allowed}")
             return None
@@ -428,7 +486,7 @@ class Session:
     # ------------------------------------------------------------ AUTHORIZATION
 
     def _cmd_user(self, rest: bytes, args: list[str]) -> Event | None:
-        if not self._options.plaintext_auth:
+        if not self._plaintext_ok():
             self._err(
                 "Plaintext authentication disallowed on non-secure connections; use STLS",
                 RespCode.AUTH,
@@ -442,7 +500,7 @@ class Session:
         return None
 
     def _cmd_pass(self, rest: bytes, args: list[str]) -> Event | None:
-        if not self._options.plaintext_auth:
+        if not self._plaintext_ok():
             self._err(
                 "Plaintext authentication disallowed on non-secure connections; use STLS",
                 RespCode.AUTH,
@@ -474,10 +532,61 @@ class Session:
         if not args:
             # Old-style SASL discovery (RFC 1734 era; Outlook probes this way).
             self._bad_commands = 0
-            self._multi("Supported SASL mechanisms follow", self._options.sasl_mechanisms)
+            self._multi("Supported SASL mechanisms follow", self._mechanisms())
             return None
-        self._err("Unsupported SASL mechanism", RespCode.AUTH)
-        return None
+        if not self._arity(args, 1, 2):
+            return None
+        mechanism = args[0].upper()
+        if mechanism not in self._mechanisms():
+            if mechanism in self._options.sasl_mechanisms:
+                self._err(
+                    "Plaintext authentication disallowed on non-secure connections; use STLS",
+                    RespCode.AUTH,
+                )
+            else:
+                self._err("Unsupported SASL mechanism", RespCode.AUTH)
+            return None
+        initial: bytes | None = None
+        if len(args) == 2:
+            # RFC 5034 §4: "=" is an empty initial response.
+            initial = b"" if args[1] == "=" else _decode_base64(args[1])
+            if initial is None:
+                self._err("Invalid base64 in initial response", RespCode.AUTH)
+                return None
+        return SaslRequested(mechanism=mechanism, initial_response=initial)
+
+    def _sasl_line(self, line: bytes | object) -> Event | None:
+        self._sasl_pending = False
+        self._reader.limit = MAX_COMMAND_LINE
+        if not isinstance(line, bytes):
+            self._sasl_failed("SASL response too long")
+            return None
+        if line == b"*":
+            self._sasl_failed("Authentication cancelled")
+            return None
+        data = _decode_base64(line.decode("ascii", "replace")) if line else b""
+        if data is None:
+            self._sasl_failed("Invalid base64 in SASL response")
+            return None
+        return SaslResponse(data)
+
+    def _sasl_failed(self, text: str) -> None:
+        # RFC 5034 §4: a cancelled or malformed exchange fails the AUTH command.
+        self._auth_failures += 1
+        if self._auth_failures >= self._options.max_auth_failures:
+            self._err(f"{text}; too many failures, closing", RespCode.AUTH)
+            self._close("auth-failures")
+        else:
+            self._err(text, RespCode.AUTH)
+
+    def _cmd_stls(self, rest: bytes, args: list[str]) -> Event | None:
+        if not self._arity(args, 0, 0):
+            return None
+        if self._tls:
+            self._bad("TLS is already active")
+            return None
+        self._ok("Begin TLS negotiation")
+        return TlsRequested()
 
     def _cmd_utf8(self, rest: bytes, args: list[str]) -> Event | None:
         if not self._arity(args, 0, 0):
@@ -500,10 +609,13 @@ class Session:
     def _capabilities(self) -> list[str]:
         options = self._options
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
-        if options.plaintext_auth:
+        if self._plaintext_ok():
             caps.insert(1, "USER")
-        if options.sasl_mechanisms:
-            caps.append("SASL " + " ".join(options.sasl_mechanisms))
+        mechanisms = self._mechanisms()
+        if mechanisms:
+            caps.append("SASL " + " ".join(mechanisms))
+        if self._stls_offered():
+            caps.append("STLS")
         caps.append(f"EXPIRE {options.expire}")
         if options.login_delay:
             caps.append(f"LOGIN-DELAY {options.login_delay}")
@@ -665,3 +777,11 @@ class Session:
         self._stats[3] = len(self._deleted)
         self._stats[4] = sum(self._messages[i].size for i in self._deleted)
         return CommitRequested(indexes=frozenset(self._deleted))
+
+
+def _decode_base64(text: str) -> bytes | None:
+    """Strict base64 (RFC 4648, no whitespace or junk), or None."""
+    try:
+        return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        return None
