@@ -2,16 +2,27 @@
 
 - ``names``: a login (``john@host``, ``john+host``, ``john``) becomes a
   canonical, validated ``Account`` that is safe to use in a path.
-- ``passwords``: Dovecot-style ``{SCHEME}`` hashes, argon2id by default.
-- ``userdb``: the SQLite user database; its ``verify`` is blocking and
-  thread-safe, for the server's worker threads.
+- ``passwords``: Dovecot-style ``{SCHEME}`` hashes: argon2id written,
+  argon2, bcrypt, SHA-crypt, salted SHA and more read.
+- ``userdb``: the SQLite user database: password hashes, SCRAM credentials,
+  optional APOP/CRAM-MD5 secrets, quotas.  Its ``verify``, ``scram`` and
+  ``secret`` are blocking and thread-safe, for the server's worker threads.
+- ``passwdfile``: import a Dovecot passwd-file.
 
-This package imports nothing else of mailslot (DESIGN.md, "Who may import
+Of the rest of mailslot this package imports only ``mailslot.sasl`` (for
+SCRAM credentials), which itself imports nothing (DESIGN.md, "Who may import
 whom").
 """
 
 from mailslot.auth.names import MAX_NAME_OCTETS, Account, InvalidName, parse_domain, parse_login
-from mailslot.auth.passwords import SCHEMES, HashParams, PasswordHasher
+from mailslot.auth.passwdfile import (
+    ImportReport,
+    InvalidLine,
+    PasswdEntry,
+    import_passwd_file,
+    parse_passwd_file,
+)
+from mailslot.auth.passwords import SCHEMES, HashParams, PasswordHasher, is_verifiable, scheme_of
 from mailslot.auth.userdb import (
     SCHEMA_VERSION,
     NoSuchUser,
@@ -27,13 +38,20 @@ __all__ = [
     "SCHEMES",
     "Account",
     "HashParams",
+    "ImportReport",
+    "InvalidLine",
     "InvalidName",
     "NoSuchUser",
+    "PasswdEntry",
     "PasswordHasher",
     "UserDB",
     "UserDBError",
     "UserExists",
     "UserRecord",
+    "import_passwd_file",
+    "is_verifiable",
     "parse_domain",
     "parse_login",
+    "parse_passwd_file",
+    "scheme_of",
 ]
