@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import grp
 import logging
+import os
+import pwd
 import secrets
 import sys
 import tempfile
@@ -28,6 +31,7 @@ EX_NOUSER = 67  # sysexits.h
 EX_TEMPFAIL = 75  # sysexits.h
 
 QUICKSTART_POP3 = "127.0.0.1:1110"
+QUICKSTART_POP3S = "127.0.0.1:1995"
 DEMO_USER = "demo"
 
 log = logging.getLogger("mailslot")
@@ -46,10 +50,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     if getattr(args, "data", None):
         overrides["server.data_dir"] = str(Path(args.data).resolve())
-    if getattr(args, "pop3", None):
-        overrides["pop3.listen"] = list(args.pop3)
+    for flag, key in (("pop3", "pop3.listen"), ("pop3s", "pop3s.listen")):
+        if getattr(args, flag, None):
+            overrides[key] = list(getattr(args, flag))
+    for flag, key in (("tls_cert", "tls.cert"), ("tls_key", "tls.key")):
+        if getattr(args, flag, None):
+            overrides[key] = str(Path(getattr(args, flag)).resolve())
     if getattr(args, "log_level", None):
         overrides["server.log_level"] = args.log_level
+    if getattr(args, "allow_root", False):
+        overrides["server.allow_root"] = True
+    if getattr(args, "user", None):
+        overrides["server.user"] = args.user
     config = getattr(args, "config", None)
     if config is None and not overrides.get("server.data_dir"):
         raise CliError("give a config file (-c CONFIG) or a data directory (--data DIR)", EX_USAGE)
@@ -95,17 +107,50 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 # ---------------------------------------------------------------- serve
 
 
+def _check_root(settings: Settings) -> None:
+    if os.geteuid() == 0 and settings.run_user is None and not settings.allow_root:
+        raise CliError(
+            "refusing to serve as root: set server.user (switched to after binding) "
+            "or server.allow_root = true",
+            EX_USAGE,
+        )
+
+
+def _drop_privileges(settings: Settings) -> None:
+    """After binding privileged ports, become ``server.user``."""
+    if os.geteuid() != 0 or settings.run_user is None:
+        return
+    try:
+        account = pwd.getpwnam(settings.run_user)
+        gid = grp.getgrnam(settings.run_group).gr_gid if settings.run_group else account.pw_gid
+    except KeyError as exc:
+        raise CliError(f"server.user/group: no such user or group: {exc}", EX_USAGE) from None
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(account.pw_uid)
+    log.info("running as %s (uid %d, gid %d)", settings.run_user, account.pw_uid, gid)
+
+
 async def _serve(settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
     from mailslot.server.app import MailslotServer  # noqa: PLC0415 (keeps `user` fast)
+    from mailslot.server.tls import TlsConfigError  # noqa: PLC0415
 
-    server = MailslotServer(settings)
+    _check_root(settings)
+    try:
+        server = MailslotServer(settings)
+    except TlsConfigError as exc:
+        raise CliError(f"TLS: {exc}", EX_USAGE) from None
+    except ValueError as exc:
+        raise CliError(f"config error: {exc}", EX_USAGE) from None
     try:
         listeners = await server.start()
     except OSError as exc:
         raise CliError(f"cannot listen: {exc}") from None
+    _drop_privileges(settings)
     server.install_signal_handlers()
     for listener in listeners:
         print(f"mailslot: {listener.protocol} listening on {listener.address}", file=sys.stderr)
+    print("mailslot: ready", file=sys.stderr, flush=True)
     if ready is not None:
         ready()
     await server.serve_until_stopped()
@@ -119,10 +164,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from mailslot.server.app import open_store, tls_files  # noqa: PLC0415
+    from mailslot.server.tls import TlsConfigError, server_context  # noqa: PLC0415
+
     settings = _settings(args)
+    try:
+        open_store(settings)
+    except ValueError as exc:
+        raise CliError(f"config error: storage.mail_location: {exc}", EX_USAGE) from None
+    files = tls_files(settings)
+    if files is not None:
+        try:
+            server_context(files, min_version=settings.tls_min_version)
+        except TlsConfigError as exc:
+            raise CliError(f"config error: tls: {exc}", EX_USAGE) from None
     print(f"config OK: data directory {settings.data_dir}")
     for address in settings.pop3_listen:
         print(f"  pop3 listen {address}")
+    for address in settings.pop3s_listen:
+        print(f"  pop3s listen {address}")
     print(f"  mail location {settings.mail_template}")
     print(f"  user database {settings.user_db_path}")
     return EX_OK
@@ -136,9 +196,16 @@ QUICKSTART_CONFIG = """\
 
 [server]
 data_dir = "."
-
+{root}
 [pop3]
 listen = ["{pop3}"]
+
+[pop3s]
+listen = ["{pop3s}"]
+
+[tls]
+cert = "tls/cert.pem"
+key = "tls/key.pem"
 
 [auth]
 default_domain = "localhost"
@@ -170,14 +237,30 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     from mailslot.auth import UserExists  # noqa: PLC0415
     from mailslot.server.app import open_store, open_user_db  # noqa: PLC0415
+    from mailslot.server.tls import fingerprint, make_self_signed  # noqa: PLC0415
 
     root = Path(args.dir).resolve()
     config = root / "config.toml"
     created = not config.exists()
     if created:
         root.mkdir(parents=True, exist_ok=True)
-        config.write_text(QUICKSTART_CONFIG.format(pop3=QUICKSTART_POP3), encoding="utf-8")
+        # A demo on loopback ports; as root, say so explicitly.
+        as_root = "allow_root = true  # quickstart was run as root\n" if os.geteuid() == 0 else ""
+        config.write_text(
+            QUICKSTART_CONFIG.format(
+                pop3=args.pop3 or QUICKSTART_POP3,
+                pop3s=args.pop3s or QUICKSTART_POP3S,
+                root=as_root,
+            ),
+            encoding="utf-8",
+        )
+    cert, key = root / "tls" / "cert.pem", root / "tls" / "key.pem"
+    if not cert.exists() or not key.exists():
+        cert.parent.mkdir(mode=0o700, exist_ok=True)
+        make_self_signed(cert, key, hostnames=["localhost", "127.0.0.1", "::1"])
     args.config = str(config)
+    args.pop3 = [args.pop3] if args.pop3 else None
+    args.pop3s = [args.pop3s] if args.pop3s else None
     settings = _settings(args)
     password = None
     with open_user_db(settings) as users:
@@ -202,14 +285,17 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     address = settings.pop3_listen[0]
     print(f"mailslot {__version__} quickstart in {root}")
     print(f"  config:   {config}")
+    print(f"  TLS:      {cert} (self-signed, SHA-256 {fingerprint(cert)})")
     if password is not None:
         print(f"  user:     {DEMO_USER}   password: {password}   (shown once; keep it)")
     else:
         print(f"  user:     {DEMO_USER}   (existing; reset the password with:")
         print(f"            mailslot user passwd -c {config} {DEMO_USER})")
     secret = password if password is not None else "PASSWORD"
+    tls_address = settings.pop3s_listen[0] if settings.pop3s_listen else address
     print("Fetch the welcome message:")
-    print(f"  curl -u {DEMO_USER}:{secret} pop3://{address}/1")
+    print(f"  curl --cacert {cert} -u {DEMO_USER}:{secret} pop3s://{tls_address}/1")
+    print(f"  curl --ssl-reqd --cacert {cert} -u {DEMO_USER}:{secret} pop3://{address}/1")
     print("Stop with Ctrl-C.")
     sys.stdout.flush()
     _setup_logging(settings.log_level)
@@ -305,11 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dir", default=DEFAULT_DATA_DIR, help=f"setup directory (./{DEFAULT_DATA_DIR})"
     )
-    p.set_defaults(func=cmd_quickstart, config=None, data=None, pop3=None)
+    p.add_argument("--pop3", metavar="HOST:PORT", help=f"POP3 listener ({QUICKSTART_POP3})")
+    p.add_argument("--pop3s", metavar="HOST:PORT", help=f"POP3S listener ({QUICKSTART_POP3S})")
+    p.set_defaults(func=cmd_quickstart, config=None, data=None)
 
     p = sub.add_parser("serve", help="serve POP3 in the foreground")
     _add_common(p)
     p.add_argument("--pop3", action="append", metavar="HOST:PORT", help="POP3 listener (repeat)")
+    p.add_argument("--pop3s", action="append", metavar="HOST:PORT", help="POP3S listener (repeat)")
+    p.add_argument("--tls-cert", metavar="PEM", help="certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="private key")
+    p.add_argument("--user", help="switch to this user after binding (when started as root)")
+    p.add_argument("--allow-root", action="store_true", help="serve as root (not advised)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 

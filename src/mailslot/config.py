@@ -126,6 +126,37 @@ def _location(value: object) -> str:
     return text
 
 
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _optional_str(value: object) -> str | None:
+    text = _str(value)
+    return text or None
+
+
+def _tls_version(value: object) -> str:
+    versions = ("TLSv1.2", "TLSv1.3")
+    if value not in versions:
+        raise ValueError(f"expected one of {', '.join(versions)}")
+    return str(value)
+
+
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "CRAM-MD5")
+
+
+def _mechanisms(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of SASL mechanism names")
+    names = tuple(v.upper() for v in value)
+    unknown = [n for n in names if n not in SASL_MECHANISMS]
+    if unknown:
+        raise ValueError(f"unknown mechanism {unknown[0]!r}; known: {', '.join(SASL_MECHANISMS)}")
+    return names
+
+
 def _opt(key: str, default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
     return field(default=default, metadata={"key": key, "parse": parse, "doc": doc})
 
@@ -144,8 +175,19 @@ class Settings:
     shutdown_grace: float = _opt(
         "server.shutdown_grace", 10.0, _seconds(0), "seconds sessions get to end on SIGTERM"
     )
+    max_connections_per_ip: int = _opt(
+        "server.max_connections_per_ip", 100, _int(1), "connections from one address"
+    )
+    run_user: str | None = _opt(
+        "server.user", None, _optional_str, "user to switch to after binding (when root)"
+    )
+    run_group: str | None = _opt("server.group", None, _optional_str, "group to switch to")
+    allow_root: bool = _opt("server.allow_root", False, _bool, "serve as root (not advised)")
     pop3_listen: tuple[Address, ...] = _opt(
         "pop3.listen", (Address("127.0.0.1", 110),), _addresses, "POP3 (plain/STLS) listeners"
+    )
+    pop3s_listen: tuple[Address, ...] = _opt(
+        "pop3s.listen", (), _addresses, "POP3S (implicit TLS) listeners"
     )
     autologout: float = _opt(
         "pop3.autologout", 600.0, _seconds(1), "idle seconds before disconnect (RFC: >= 600)"
@@ -158,7 +200,39 @@ class Settings:
     mail_location: str = _opt(
         "storage.mail_location", DEFAULT_MAIL_LOCATION, _location, "Maildir path template"
     )
+    tls_cert: str | None = _opt("tls.cert", None, _optional_str, "certificate chain (PEM)")
+    tls_key: str | None = _opt("tls.key", None, _optional_str, "private key (PEM)")
+    tls_min_version: str = _opt("tls.min_version", "TLSv1.2", _tls_version, "oldest TLS")
+    tls_handshake_timeout: float = _opt(
+        "tls.handshake_timeout", 30.0, _seconds(1), "seconds to finish a TLS handshake"
+    )
     user_db: str = _opt("auth.database", "users.sqlite3", _str, "SQLite user database")
+    plaintext_without_tls: bool = _opt(
+        "auth.plaintext_without_tls", False, _bool, "USER/PASS, PLAIN, LOGIN before TLS"
+    )
+    plaintext_on_loopback: bool = _opt(
+        "auth.plaintext_on_loopback", False, _bool, "treat loopback clients as secure"
+    )
+    mechanisms: tuple[str, ...] = _opt(
+        "auth.mechanisms",
+        ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN"),
+        _mechanisms,
+        "SASL mechanisms offered",
+    )
+    apop: bool = _opt("auth.apop", False, _bool, "offer APOP (needs stored secrets; MD5)")
+    store_secrets: bool = _opt(
+        "auth.store_secrets", False, _bool, "keep recoverable secrets for APOP/CRAM-MD5"
+    )
+    rehash: bool = _opt("auth.rehash", True, _bool, "upgrade old hashes to argon2id on login")
+    penalty_max_delay: float = _opt(
+        "auth.penalty_max_delay", 15.0, _seconds(0), "longest delay after failed logins"
+    )
+    penalty_block_after: int = _opt(
+        "auth.penalty_block_after", 20, _int(1), "failures from one address before refusal"
+    )
+    penalty_window: float = _opt(
+        "auth.penalty_window", 900.0, _seconds(1), "seconds failures are remembered"
+    )
     default_domain: str = _opt("auth.default_domain", "localhost", _domain, "for bare logins")
     argon2_time_cost: int = _opt("auth.argon2_time_cost", 3, _int(1), "argon2id passes")
     argon2_memory_kib: int = _opt("auth.argon2_memory_kib", 65536, _int(8), "argon2id memory")
@@ -167,6 +241,14 @@ class Settings:
     @property
     def user_db_path(self) -> Path:
         return self.data_dir / self.user_db
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    def data_path(self, path: str) -> Path:
+        """``path`` relative to the data directory (absolute paths unchanged)."""
+        return self.data_dir / path
 
     @property
     def mail_template(self) -> str:
@@ -215,7 +297,16 @@ def load_settings(
             raise ConfigError(key, str(exc)) from None
     data_dir = Path(values.get("data_dir", DEFAULT_DATA_DIR))
     values["data_dir"] = (base / data_dir).resolve()
-    return Settings(**values)
+    settings = Settings(**values)
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("tls.key" if settings.tls_key is None else "tls.cert", "set both")
+    if settings.pop3s_listen and not settings.tls_enabled:
+        raise ConfigError("pop3s.listen", "needs tls.cert and tls.key")
+    if "CRAM-MD5" in settings.mechanisms and not settings.store_secrets:
+        raise ConfigError("auth.mechanisms", "CRAM-MD5 needs auth.store_secrets = true")
+    if settings.apop and not settings.store_secrets:
+        raise ConfigError("auth.apop", "APOP needs auth.store_secrets = true")
+    return settings
 
 
 def _flatten(document: Mapping[str, object]) -> dict[str, object]:

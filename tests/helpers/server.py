@@ -23,15 +23,19 @@ from mailslot.server.app import MailslotServer, open_store, open_user_db
 
 # Cheap argon2 parameters keep hundreds of logins fast in tests.
 FAST_HASH = {"auth.argon2_time_cost": 1, "auth.argon2_memory_kib": 8}
+# Most tests speak plaintext POP3 on loopback; the TLS tests turn this off.
+PLAINTEXT = {"auth.plaintext_without_tls": True}
 CONFIG_TEMPLATE = """\
 [server]
 data_dir = "{data}"
 log_level = "info"
+allow_root = true
 [pop3]
 listen = ["127.0.0.1:0"]
 [auth]
 argon2_time_cost = 1
 argon2_memory_kib = 8
+plaintext_without_tls = true
 """
 
 
@@ -41,14 +45,17 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "pop3.listen": ["127.0.0.1:0"],
         "server.hostname": "test.invalid",
         **FAST_HASH,
+        **PLAINTEXT,
     }
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return load_settings(None, values)
 
 
-def add_user(settings: Settings, name: str, password: str) -> Account:
+def add_user(
+    settings: Settings, name: str, password: str, *, store_secret: bool = False
+) -> Account:
     with open_user_db(settings) as users:
-        return users.add(name, password)
+        return users.add(name, password, store_secret=store_secret)
 
 
 def deliver(settings: Settings, name: str, message: bytes) -> str:
@@ -64,6 +71,7 @@ class ThreadServer:
 
     settings: Settings
     address: tuple[str, int] = ("", 0)
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     server: MailslotServer | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -93,7 +101,11 @@ class ThreadServer:
     async def _main(self) -> None:
         self.server = MailslotServer(self.settings)
         listeners = await self.server.start()
-        self.address = (listeners[0].address.host, listeners[0].address.port)
+        for listener in listeners:
+            self.addresses.setdefault(
+                listener.protocol, (listener.address.host, listener.address.port)
+            )
+        self.address = self.addresses["pop3"]
         self._ready.set()
         await self.server.serve_until_stopped()
 
@@ -126,6 +138,7 @@ class ProcessServer:
             text=True,
         )
         self.lines: list[str] = []
+        self.addresses: dict[str, tuple[str, int]] = {}
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -133,12 +146,14 @@ class ProcessServer:
             if not line:
                 raise RuntimeError("server exited: " + "".join(self.lines))
             self.lines.append(line)
-            match = re.search(r"pop3 listening on (\S+):(\d+)", line)
+            match = re.search(r"(\w+) listening on (\S+):(\d+)", line)
             if match:
-                self.address = (match.group(1), int(match.group(2)))
+                self.addresses.setdefault(match.group(1), (match.group(2), int(match.group(3))))
+            if "ready" in line:
                 break
         else:
             raise RuntimeError("server did not start")
+        self.address = self.addresses["pop3"]
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
         self._drain.start()
 

@@ -260,24 +260,26 @@ def test_bad_commands_end_the_session(server: ThreadServer) -> None:
         assert sock.recv(10) == b""
 
 
-def test_two_hundred_concurrent_sessions(settings: Settings, server: ThreadServer) -> None:
+def test_two_hundred_concurrent_sessions(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "d", server__max_connections_per_ip=1000)
     users = [f"user{n}" for n in range(200)]
     for name in users:
         add_user(settings, name, PASSWORD)
         deliver(settings, name, f"Subject: for {name}\r\n\r\nhello {name}\r\n".encode())
 
-    async def session(name: str) -> bytes:
-        reader, writer = await asyncio.open_connection(*server.address)
+    async def session(address: tuple[str, int], name: str) -> bytes:
+        reader, writer = await asyncio.open_connection(*address)
         await reader.readline()
         writer.write(f"USER {name}\r\nPASS {PASSWORD}\r\nRETR 1\r\nQUIT\r\n".encode())
         data = await reader.read()  # until the server closes after QUIT
         writer.close()
         return data
 
-    async def all_sessions() -> list[bytes]:
-        return await asyncio.gather(*(session(name) for name in users))
+    async def all_sessions(address: tuple[str, int]) -> list[bytes]:
+        return await asyncio.gather(*(session(address, name) for name in users))
 
-    results = asyncio.run(all_sessions())
+    with running(settings) as srv:
+        results = asyncio.run(all_sessions(srv.address))
     for name, data in zip(users, results, strict=True):
         assert f"hello {name}\r\n.\r\n".encode() in data, data
         assert data.endswith(b"+OK mailslot signing off (1 messages left)\r\n")

@@ -1,9 +1,11 @@
 """The server process: builds the parts from ``Settings``, runs the
-listeners, enforces the connection cap, and shuts down in order.
+listeners, enforces connection limits and autologout, and shuts down in
+order.
 
 Shutdown (SIGTERM/SIGINT): stop accepting → let open sessions end by
-themselves for ``shutdown_grace`` seconds → cancel the rest.  A cancelled
-session never reaches UPDATE, so it deletes nothing; its lock is released.
+themselves for ``shutdown_grace`` seconds → close the rest.  A session that
+did not QUIT never reaches UPDATE, so it deletes nothing; its lock is
+released.  SIGHUP reloads the TLS certificate and key for new connections.
 """
 
 from __future__ import annotations
@@ -11,19 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mailslot.auth import HashParams, PasswordHasher, UserDB
+from mailslot.auth.penalty import FailedLoginTracker
 from mailslot.config import Address, Settings
 from mailslot.pop3.session import SessionOptions
+from mailslot.server import tls
 from mailslot.server.backend import StoreBackend
-from mailslot.server.driver import Connection, DriverOptions
+from mailslot.server.driver import DriverOptions, Pop3Connection
 from mailslot.store.maildir import MaildirStore
 
 log = logging.getLogger("mailslot.server")
 
 TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+TOO_MANY_FROM_ADDRESS = b"-ERR [SYS/TEMP] Too many connections from your address\r\n"
+SHUTTING_DOWN = b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +49,81 @@ def open_user_db(settings: Settings) -> UserDB:
             parallelism=1,
         )
     )
-    return UserDB(settings.user_db_path, hasher=hasher, default_domain=settings.default_domain)
+    return UserDB(
+        settings.user_db_path,
+        hasher=hasher,
+        default_domain=settings.default_domain,
+        rehash=settings.rehash,
+    )
 
 
 def open_store(settings: Settings) -> MaildirStore:
     return MaildirStore(settings.mail_template, hostname=settings.greeting_hostname)
+
+
+def tls_files(settings: Settings) -> tls.TlsFiles | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return tls.TlsFiles(
+        cert=settings.data_path(settings.tls_cert), key=settings.data_path(settings.tls_key)
+    )
+
+
+class ConnectionRegistry:
+    """Open connections: global and per-address caps, idle sweeps."""
+
+    def __init__(self, *, max_connections: int, max_per_address: int, autologout: float) -> None:
+        self._connections: set[Pop3Connection] = set()
+        self._per_address: Counter[str] = Counter()
+        self._max = max_connections
+        self._max_per_address = max_per_address
+        self._autologout = autologout
+        self._loop = asyncio.get_running_loop()
+        self.accepting = True
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def admit(self, connection: Pop3Connection) -> bytes | None:
+        if not self.accepting:
+            return SHUTTING_DOWN
+        if len(self._connections) >= self._max:
+            return TOO_MANY_CONNECTIONS
+        if self._per_address[connection.remote] >= self._max_per_address:
+            return TOO_MANY_FROM_ADDRESS
+        self._connections.add(connection)
+        self._per_address[connection.remote] += 1
+        self.empty.clear()
+        return None
+
+    def release(self, connection: Pop3Connection) -> None:
+        if connection in self._connections:
+            self._connections.discard(connection)
+            self._per_address[connection.remote] -= 1
+            if self._per_address[connection.remote] <= 0:
+                del self._per_address[connection.remote]
+        if not self._connections:
+            self.empty.set()
+
+    async def sweep_forever(self) -> None:
+        """Autologout: one pass over all connections every few seconds,
+        instead of a timer per connection."""
+        interval = max(0.05, min(5.0, self._autologout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            deadline = self.now() - self._autologout
+            for connection in [c for c in self._connections if c.last_active < deadline]:
+                if not connection.busy:
+                    connection.timed_out()
+
+    def shutdown_all(self) -> None:
+        for connection in list(self._connections):
+            connection.shutdown()
 
 
 class MailslotServer:
@@ -57,72 +135,95 @@ class MailslotServer:
         self._auth_executor = ThreadPoolExecutor(
             max_workers=settings.auth_workers, thread_name_prefix="auth"
         )
+        self._tls_files = tls_files(settings)
+        self.tls_context: ssl.SSLContext | None = None
+        if self._tls_files is not None:
+            self.tls_context = tls.server_context(
+                self._tls_files, min_version=settings.tls_min_version
+            )
         self._backend = StoreBackend(
             users=self._users,
             store=open_store(settings),
             auth_executor=self._auth_executor,
             hostname=settings.greeting_hostname,
             default_domain=settings.default_domain,
+            penalties=FailedLoginTracker(
+                max_delay=settings.penalty_max_delay,
+                block_after=settings.penalty_block_after,
+                window=settings.penalty_window,
+            ),
             login_delay=settings.login_delay,
         )
-        self._driver_options = DriverOptions(
-            session=SessionOptions(
-                expire=settings.expire,
-                login_delay=settings.login_delay,
-                implementation=settings.implementation,
-                max_bad_commands=settings.max_bad_commands,
-                max_auth_failures=settings.max_auth_failures,
-            ),
-            autologout=settings.autologout,
+        self._session_options = SessionOptions(
+            expire=settings.expire,
+            login_delay=settings.login_delay,
+            implementation=settings.implementation,
+            max_bad_commands=settings.max_bad_commands,
+            max_auth_failures=settings.max_auth_failures,
+            stls=self.tls_context is not None,
+            plaintext_without_tls=settings.plaintext_without_tls,
+            apop=settings.apop,
+            sasl_mechanisms=settings.mechanisms,
         )
         self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._registry: ConnectionRegistry | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self.listeners: list[Listener] = []
 
     @property
     def active_connections(self) -> int:
-        return len(self._tasks)
+        return len(self._registry) if self._registry is not None else 0
+
+    def _driver_options(self, *, implicit_tls: bool) -> DriverOptions:
+        options = self._session_options
+        if implicit_tls:
+            options = replace(options, tls=True, stls=False)
+        trusted = None
+        if self._settings.plaintext_on_loopback:
+            trusted = replace(options, plaintext_without_tls=True)
+        return DriverOptions(
+            session=options,
+            loopback_session=trusted,
+            tls_context=self.tls_context,
+            handshake_timeout=self._settings.tls_handshake_timeout,
+        )
 
     async def start(self) -> list[Listener]:
         """Bind every listener; returns them with their actual ports."""
         self._stopping = asyncio.Event()
-        for address in self._settings.pop3_listen:
-            server = await asyncio.start_server(
-                self._handle_pop3, address.host, address.port, reuse_address=True, backlog=1024
+        registry = ConnectionRegistry(
+            max_connections=self._settings.max_connections,
+            max_per_address=self._settings.max_connections_per_ip,
+            autologout=self._settings.autologout,
+        )
+        self._registry = registry
+        loop = asyncio.get_running_loop()
+        plans = [("pop3", a, False) for a in self._settings.pop3_listen]
+        plans += [("pop3s", a, True) for a in self._settings.pop3s_listen]
+        for protocol, address, implicit in plans:
+            options = self._driver_options(implicit_tls=implicit)
+
+            def factory(options: DriverOptions = options) -> Pop3Connection:
+                return Pop3Connection(backend=self._backend, options=options, registry=registry)
+
+            server = await loop.create_server(
+                factory,
+                address.host,
+                address.port,
+                reuse_address=True,
+                backlog=1024,
+                ssl=self.tls_context if implicit else None,
+                ssl_handshake_timeout=self._settings.tls_handshake_timeout if implicit else None,
             )
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
-                listener = Listener("pop3", Address(host, port))
+                listener = Listener(protocol, Address(host, port))
                 self.listeners.append(listener)
-                log.info("listening: pop3 on %s", listener.address)
+                log.info("listening: %s on %s", protocol, listener.address)
+        self._sweeper = loop.create_task(registry.sweep_forever())
         return self.listeners
-
-    async def _handle_pop3(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._tasks) >= self._settings.max_connections or (
-            self._stopping is not None and self._stopping.is_set()
-        ):
-            writer.write(TOO_MANY_CONNECTIONS)
-            writer.close()
-            return
-        self._tasks.add(task)
-        try:
-            connection = Connection(
-                reader, writer, backend=self._backend, options=self._driver_options
-            )
-            await connection.run()
-        except asyncio.CancelledError:
-            # Cancelled by _shutdown() after the grace period.  The connection
-            # has already cleaned up; finishing normally keeps asyncio's
-            # stream callback (Python 3.11) from logging the cancellation.
-            pass
-        finally:
-            self._tasks.discard(task)
 
     async def serve_until_stopped(self) -> None:
         """Run until ``stop()`` (or SIGTERM/SIGINT when installed)."""
@@ -134,25 +235,38 @@ class MailslotServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+
+    def reload_tls(self) -> None:
+        if self.tls_context is None or self._tls_files is None:
+            log.info("SIGHUP: no TLS configured, nothing to reload")
+            return
+        try:
+            tls.reload(self.tls_context, self._tls_files)
+        except tls.TlsConfigError as exc:
+            log.error("SIGHUP: keeping the old certificate: %s", exc)
+        else:
+            log.info("SIGHUP: reloaded %s", self._tls_files.cert)
 
     def stop(self) -> None:
         if self._stopping is not None and not self._stopping.is_set():
-            log.info("stopping: no new connections; %d open", len(self._tasks))
+            log.info("stopping: no new connections; %d open", self.active_connections)
             self._stopping.set()
 
     async def _shutdown(self) -> None:
+        registry = self._registry
+        assert registry is not None
+        registry.accepting = False
         for server in self._servers:
             server.close()
-        if self._tasks:
-            _done, pending = await asyncio.wait(
-                list(self._tasks), timeout=self._settings.shutdown_grace
-            )
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        for server in self._servers:
-            await server.wait_closed()
+        try:
+            await asyncio.wait_for(registry.empty.wait(), self._settings.shutdown_grace)
+        except TimeoutError:
+            log.info("stopping: closing %d sessions (nothing is deleted)", len(registry))
+            registry.shutdown_all()
+            await asyncio.sleep(0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self._auth_executor.shutdown(wait=False, cancel_futures=True)
         self._users.close()
         log.info("stopped")

@@ -1,9 +1,14 @@
-"""The driver's view of users and storage: password checks in a thread pool
-sized for hashing, maildrop open/commit in the default executor, LOGIN-DELAY.
+"""The driver's view of users and storage: credential checks in a thread
+pool sized for hashing, maildrop open/commit in the default executor,
+LOGIN-DELAY, and failed-login penalties.
 
 Every blocking call (argon2, SQLite, directory scans, fsync) runs off the
 event loop.  A maildrop opened by a worker thread after its session was
 cancelled is closed again, so no lock leaks.
+
+Failures are answered only after the penalty delay, and unknown users cost
+the same work as wrong passwords (``UserDB.verify`` checks a dummy hash), so
+neither timing nor wording tells which accounts exist.
 """
 
 from __future__ import annotations
@@ -15,12 +20,21 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
-from mailslot.auth import Account, UserDB, parse_login
-from mailslot.server.driver import LoginTooSoon
+from mailslot import sasl
+from mailslot.auth import Account, InvalidName, UserDB, parse_login
+from mailslot.auth.penalty import FailedLoginTracker
+from mailslot.pop3.apop import apop_matches
+from mailslot.server.driver import Flow, LoginTooSoon, printable
 from mailslot.store import Maildrop, MaildropStore
 
 log = logging.getLogger("mailslot.auth")
+T = TypeVar("T")
+
+# A secret no user has: APOP/CRAM-MD5 attempts for unknown users compute a
+# digest against it, so they cost the same as a wrong secret.
+_DUMMY_SECRET = os.urandom(16).hex()
 
 
 class StoreBackend:
@@ -34,6 +48,7 @@ class StoreBackend:
         auth_executor: Executor,
         hostname: str,
         default_domain: str,
+        penalties: FailedLoginTracker,
         login_delay: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -42,6 +57,7 @@ class StoreBackend:
         self._auth_executor = auth_executor
         self._hostname = hostname
         self._default_domain = default_domain
+        self._penalties = penalties
         self._login_delay = login_delay
         self._clock = clock
         self._counter = itertools.count()
@@ -50,27 +66,89 @@ class StoreBackend:
         # RFC 1939 §7: msg-id syntax, different for every greeting.
         return f"<{os.getpid()}.{time.time_ns()}.{next(self._counter)}@{self._hostname}>"
 
-    async def authenticate(self, username: str, password: str, remote: str) -> str | None:
+    # ------------------------------------------------------------ credentials
+
+    async def _in_auth_pool(self, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
-        account = await loop.run_in_executor(
-            self._auth_executor, self._users.verify, username, password
-        )
-        if account is None:
-            log.info("auth: failed login, remote=%s", remote)
+        return await loop.run_in_executor(self._auth_executor, function, *args)
+
+    async def authenticate(self, username: str, password: str, remote: str) -> str | None:
+        if self._penalties.blocked(remote):
+            await self._fail(remote, username, "blocked")
             return None
+        account = await self._in_auth_pool(self._users.verify, username, password)
+        return await self._settle(account, remote, username)
+
+    async def apop(self, username: str, digest: str, timestamp: str, remote: str) -> str | None:
+        if self._penalties.blocked(remote):
+            await self._fail(remote, username, "blocked")
+            return None
+        account = await self._in_auth_pool(self._check_apop, username, digest, timestamp)
+        return await self._settle(account, remote, username)
+
+    def _check_apop(self, username: str, digest: str, timestamp: str) -> Account | None:
+        secret = self._users.secret(username)
+        matches = apop_matches(timestamp, secret or _DUMMY_SECRET, digest)
+        if secret is None or not matches:
+            return None
+        return parse_login(username, default_domain=self._default_domain)
+
+    def sasl_start(self, mechanism: str, initial_response: bytes | None) -> Flow:
+        return sasl.start(mechanism, initial_response, hostname=self._hostname)
+
+    async def sasl_fulfil(self, step: sasl.Step) -> object:
+        match step:
+            case sasl.VerifyPassword(authcid=authcid, password=password):
+                account = await self._in_auth_pool(self._users.verify, authcid, password)
+                return account is not None
+            case sasl.LookupSecret(authcid=authcid):
+                return await self._in_auth_pool(self._users.secret, authcid)
+            case sasl.LookupScram(authcid=authcid, hash_name=hash_name):
+                return await self._in_auth_pool(self._users.scram, authcid, hash_name)
+        raise AssertionError(f"unexpected SASL step {step!r}")
+
+    async def sasl_outcome(self, outcome: sasl.Outcome, remote: str) -> str | None:
+        if isinstance(outcome, sasl.Success):
+            try:
+                account = parse_login(outcome.authcid, default_domain=self._default_domain)
+            except InvalidName:
+                account = None
+            if self._penalties.blocked(remote):
+                await self._fail(remote, outcome.authcid, "blocked")
+                return None
+            return await self._settle(account, remote, outcome.authcid)
+        await self._fail(remote, "", outcome.reason)
+        return None
+
+    async def _settle(self, account: Account | None, remote: str, login: str) -> str | None:
+        if account is None:
+            await self._fail(remote, login, "bad credentials")
+            return None
+        self._penalties.succeeded(remote, login)
         return account.name
+
+    async def _fail(self, remote: str, login: str, why: str) -> None:
+        delay = self._penalties.failed(remote, login)
+        # One line a failure, for fail2ban: see README "Security".
+        log.warning(
+            "auth failed: remote=%s user=%s reason=%s", remote, printable(login or None), why
+        )
+        if delay:
+            await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------ maildrops
 
     async def open_maildrop(self, account: str) -> Maildrop:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, self._open, account)
         try:
-            return await future
+            return await asyncio.shield(future)
         except asyncio.CancelledError:
             future.add_done_callback(_close_if_opened)
             raise
 
     def _open(self, name: str) -> Maildrop:
-        account = self._account(name)
+        account = parse_login(name, default_domain=self._default_domain)
         now = self._clock()
         if self._login_delay:
             record = self._users.get(name)
@@ -78,24 +156,21 @@ class StoreBackend:
             if last is not None and now - last < self._login_delay:
                 raise LoginTooSoon
         maildrop = self._store.open(account.user, account.domain)
-        try:
-            self._users.record_login(account, now)
-        except Exception:
-            maildrop.close()
-            raise
+        if self._login_delay:
+            try:
+                self._users.record_login(account, now)
+            except Exception:
+                maildrop.close()
+                raise
         return maildrop
 
     async def commit(self, maildrop: Maildrop, indexes: frozenset[int]) -> None:
         await asyncio.to_thread(maildrop.commit, indexes)
 
-    async def close_maildrop(self, maildrop: Maildrop) -> None:
+    def close_maildrop(self, maildrop: Maildrop) -> None:
         # Releasing a lock is a close(2): fast enough for the loop, and it
-        # must happen even while the task is being cancelled.
+        # must happen even while the connection is being torn down.
         maildrop.close()
-
-    def _account(self, name: str) -> Account:
-        # ``name`` is a canonical account name that came from the UserDB.
-        return parse_login(name, default_domain=self._default_domain)
 
 
 def _close_if_opened(future: asyncio.Future[Maildrop]) -> None:

@@ -1,0 +1,260 @@
+"""The ``mailslot`` command, run as a new user would run it."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.clients import require_binary
+from tests.helpers.server import ProcessServer, cli, write_config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_check_config_reports_key_and_exits_2(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "data")
+    assert cli("check-config", "-c", str(config)).returncode == 0
+    bad = tmp_path / "bad.toml"
+    for text, key in (
+        ('[pop3]\nlisten = ["127.0.0.1:0"]\nlsten = 1\n', "pop3.lsten"),
+        ('[pop3]\nautologout = "soon"\n', "pop3.autologout"),
+        ('[pop3]\nlisten = ["nowhere"]\n', "pop3.listen"),
+        ('[storage]\nmail_location = "/srv/{domain}/Maildir"\n', "storage.mail_location"),
+        ('[storage]\nmail_location = "/srv/{user}/{oops}"\n', "storage.mail_location"),
+        ('[pop3s]\nlisten = ["127.0.0.1:995"]\n', "pop3s.listen"),
+        ('[auth]\nmechanisms = ["CRAM-MD5"]\n', "auth.mechanisms"),
+        ("not toml at all [", "cannot read"),
+    ):
+        bad.write_text(text)
+        result = cli("check-config", "-c", str(bad))
+        assert result.returncode == 2, (text, result.stderr)
+        assert key.encode() in result.stderr, (key, result.stderr)
+        assert b"Traceback" not in result.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = cli("serve", "-c", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert b"config file not found" in result.stderr
+
+
+def test_user_management(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path / "data"))
+    assert (
+        cli(
+            "user", "add", "-c", config, "dave@example.org", "--password-stdin", stdin=b"pw one\n"
+        ).returncode
+        == 0
+    )
+    assert (
+        cli(
+            "user",
+            "add",
+            "--data",
+            str(tmp_path / "data"),
+            "erin",
+            "--password-stdin",
+            stdin=b"pw\n",
+        ).returncode
+        == 0
+    )
+    listing = cli("user", "list", "-c", config)
+    assert listing.stdout.split() == [b"dave@example.org", b"erin@localhost"]
+    again = cli("user", "add", "-c", config, "DAVE+example.org", "--password-stdin", stdin=b"x\n")
+    assert again.returncode == 1 and b"already exists" in again.stderr
+    assert (
+        cli(
+            "user",
+            "passwd",
+            "-c",
+            config,
+            "dave@example.org",
+            "--password-stdin",
+            stdin=b"pw two\n",
+        ).returncode
+        == 0
+    )
+    missing = cli("user", "passwd", "-c", config, "nobody", "--password-stdin", stdin=b"x\n")
+    assert missing.returncode == 67
+    no_tty = cli("user", "add", "-c", config, "frank")
+    assert no_tty.returncode == 2 and b"--password-stdin" in no_tty.stderr
+    bad_name = cli("user", "add", "-c", config, "../etc", "--password-stdin", stdin=b"x\n")
+    assert bad_name.returncode == 2 and b"invalid user name" in bad_name.stderr
+    assert cli("user", "del", "-c", config, "erin").returncode == 0
+    assert cli("user", "list", "-c", config).stdout.split() == [b"dave@example.org"]
+
+
+def test_deliver_exit_codes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = str(write_config(data))
+    cli("user", "add", "-c", config, "gina", "--password-stdin", stdin=b"pw\n")
+    message = b"Subject: hi\r\n\r\nbody\r\n"
+    assert cli("deliver", "-c", config, "gina", stdin=message).returncode == 0
+    new = data / "mail" / "localhost" / "gina" / "Maildir" / "new"
+    files = list(new.iterdir())
+    assert len(files) == 1 and files[0].read_bytes() == message
+    assert re.search(r",S=\d+,W=\d+$", files[0].name)
+    unknown = cli("deliver", "-c", config, "gina", "nobody", stdin=message)
+    assert unknown.returncode == 67
+    assert len(list(new.iterdir())) == 1  # nothing delivered when a recipient is unknown
+    tmp = data / "mail" / "localhost" / "gina" / "Maildir" / "tmp"
+    tmp.rmdir()
+    tmp.write_text("not a directory")  # storage failure: the MTA must retry
+    failed = cli("deliver", "-c", config, "gina", stdin=message)
+    assert failed.returncode == 75, failed.stderr
+    assert b"Traceback" not in failed.stderr
+
+
+def test_serve_without_config(tmp_path: Path) -> None:
+    port = free_port()
+    extra = ["--allow-root"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mailslot",
+            "serve",
+            "--data",
+            str(tmp_path / "d"),
+            "--pop3",
+            f"127.0.0.1:{port}",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with sock:
+            assert sock.recv(100) == b"+OK mailslot ready.\r\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_refuses_to_serve_as_root(tmp_path: Path) -> None:
+    result = cli("serve", "--data", str(tmp_path / "d"), "--pop3", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert b"refusing to serve as root" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_drops_privileges_after_binding(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    tmp_path.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{data}"\nuser = "nobody"\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
+    )
+    srv = ProcessServer(config)
+    try:
+        status = Path(f"/proc/{srv.proc.pid}/status").read_text()
+        uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.MULTILINE)
+        assert uids and {int(u) for u in uids.groups()} == {nobody.pw_uid}
+        with socket.create_connection(srv.address, timeout=10) as sock:
+            assert sock.recv(100).startswith(b"+OK")
+    finally:
+        srv.stop()
+
+
+def test_quickstart_then_curl(tmp_path: Path) -> None:
+    curl = require_binary("curl")
+    pop3, pop3s = free_port(), free_port()
+    setup = tmp_path / "qs"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mailslot",
+            "quickstart",
+            "--dir",
+            str(setup),
+            "--pop3",
+            f"127.0.0.1:{pop3}",
+            "--pop3s",
+            f"127.0.0.1:{pop3s}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        out = ""
+        while "Stop with Ctrl-C" not in out:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            out += line
+        while "ready" not in proc.stderr.readline():
+            pass
+        command = re.search(r"^\s+(curl --cacert .*pop3s://\S+)$", out, re.MULTILINE)
+        assert command, out
+        password = re.search(r"password: (\S+)", out)
+        assert password
+        args = command.group(1).split()
+        result = subprocess.run([curl, "-sS", *args[1:]], capture_output=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert b"Subject: Welcome to mailslot" in result.stdout
+        assert "Добро пожаловать".encode() in result.stdout
+        stls = re.search(r"^\s+(curl --ssl-reqd .*pop3://\S+)$", out, re.MULTILINE)
+        assert stls
+        result = subprocess.run(
+            [curl, "-sS", *stls.group(1).split()[1:]], capture_output=True, timeout=60
+        )
+        assert result.returncode == 0 and b"Welcome to mailslot" in result.stdout
+        assert "SHA-256" in out
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    with socket.socket() as busy:  # a taken port: the rerun stops right after set-up
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mailslot",
+                "quickstart",
+                "--dir",
+                str(setup),
+                "--pop3",
+                f"127.0.0.1:{taken}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert "existing" in again.stdout
+    assert "password:" not in again.stdout
+    assert again.returncode == 1 and "cannot listen" in again.stderr
