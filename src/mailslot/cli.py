@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mailslot import __version__
+from mailslot.auth import UserDB, UserRecord
 from mailslot.config import DEFAULT_DATA_DIR, ConfigError, Settings, load_settings
 
 EX_OK = 0
@@ -311,20 +312,25 @@ def cmd_user(args: argparse.Namespace) -> int:
     from mailslot.server.app import open_user_db  # noqa: PLC0415
 
     settings = _settings(args)
+    secret = settings.store_secrets
     try:
         with open_user_db(settings) as users:
             if args.action == "add":
-                account = users.add(args.name, _read_password(args))
+                account = users.add(args.name, _read_password(args), store_secret=secret)
                 print(f"added {account.name}")
             elif args.action == "passwd":
-                users.set_password(args.name, _read_password(args))
+                users.set_password(args.name, _read_password(args), store_secret=secret)
                 print("password changed")
             elif args.action == "del":
                 users.delete(args.name)
                 print("deleted (the maildrop is left on disk)")
+            elif args.action == "quota":
+                users.set_quota(args.name, messages=args.messages, bytes_=args.bytes)
+                print("quota set")
+            elif args.action == "import":
+                return _import_users(users, args)
             else:
-                for record in users.list():
-                    print(record.account.name)
+                _list_users(users.list())
     except UserExists:
         raise CliError("user already exists") from None
     except NoSuchUser:
@@ -332,6 +338,36 @@ def cmd_user(args: argparse.Namespace) -> int:
     except InvalidName as exc:
         raise CliError(f"invalid user name: {exc}", EX_USAGE) from None
     return EX_OK
+
+
+def _list_users(records: Sequence[UserRecord]) -> None:
+    def quota(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    for record in records:
+        mechanisms = "scram" if record.has_scram else "-"
+        if record.has_secret:
+            mechanisms += ",secret"
+        print(
+            f"{record.account.name}\tquota={quota(record.quota_messages)}/"
+            f"{quota(record.quota_bytes)}\tcredentials={mechanisms}"
+        )
+
+
+def _import_users(users: UserDB, args: argparse.Namespace) -> int:
+    from mailslot.auth.passwdfile import import_passwd_file  # noqa: PLC0415
+
+    try:
+        report = import_passwd_file(
+            users, args.passwd_file, dry_run=args.dry_run, domain=args.domain
+        )
+    except OSError as exc:
+        raise CliError(f"cannot read {args.passwd_file}: {exc.strerror}") from None
+    verb = "would import" if report.dry_run else "imported"
+    print(f"{verb} {report.imported} users; {report.skipped_existing} already existed")
+    for invalid in report.invalid:
+        print(f"  line {invalid.line}: {invalid.reason}", file=sys.stderr)
+    return EX_OK if not report.invalid else EX_FAIL
 
 
 # ---------------------------------------------------------------- deliver
@@ -375,6 +411,12 @@ def _safe(text: str) -> str:
 
 
 # ---------------------------------------------------------------- parser
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("expected a whole number >= 0")
+    return int(text)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -421,8 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
                 "--password-stdin", action="store_true", help="read the password from stdin"
             )
         q.set_defaults(func=cmd_user)
-    q = users.add_parser("list", help="list users")
+    q = users.add_parser("list", help="list users with quotas and stored credentials")
     _add_common(q)
+    q.set_defaults(func=cmd_user)
+    q = users.add_parser("quota", help="set or clear a user's quota")
+    _add_common(q)
+    q.add_argument("name")
+    q.add_argument("--messages", type=_count, help="most messages (omit: unlimited)")
+    q.add_argument("--bytes", type=_count, help="most octets (omit: unlimited)")
+    q.set_defaults(func=cmd_user)
+    q = users.add_parser("import", help="import users from a Dovecot passwd-file")
+    _add_common(q)
+    q.add_argument("--passwd-file", required=True, metavar="FILE")
+    q.add_argument(
+        "--domain", help="domain of names without @domain (default: auth.default_domain)"
+    )
+    q.add_argument("--dry-run", action="store_true", help="report what would be imported")
     q.set_defaults(func=cmd_user)
 
     p = sub.add_parser("deliver", help="deliver a message from stdin to users' maildrops")

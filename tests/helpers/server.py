@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import re
 import socket
@@ -25,18 +26,13 @@ from mailslot.server.app import MailslotServer, open_store, open_user_db
 FAST_HASH = {"auth.argon2_time_cost": 1, "auth.argon2_memory_kib": 8}
 # Most tests speak plaintext POP3 on loopback; the TLS tests turn this off.
 PLAINTEXT = {"auth.plaintext_without_tls": True}
-CONFIG_TEMPLATE = """\
-[server]
-data_dir = "{data}"
-log_level = "info"
-allow_root = true
-[pop3]
-listen = ["127.0.0.1:0"]
-[auth]
-argon2_time_cost = 1
-argon2_memory_kib = 8
-plaintext_without_tls = true
-"""
+CONFIG_DEFAULTS: dict[str, object] = {
+    "server.log_level": "info",
+    "server.allow_root": True,  # CI runs as root
+    "pop3.listen": ["127.0.0.1:0"],
+    **FAST_HASH,
+    **PLAINTEXT,
+}
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
@@ -182,11 +178,32 @@ class ProcessServer:
         return self.proc.returncode
 
 
-def write_config(data_dir: Path, extra: str = "") -> Path:
+def write_config(data_dir: Path, **overrides: object) -> Path:
+    """A config file for ``mailslot serve``; keys as in ``make_settings``."""
+    values = {"server.data_dir": str(data_dir), **CONFIG_DEFAULTS}
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    sections: dict[str, list[str]] = {}
+    for key, value in values.items():
+        section, name = key.split(".", 1)
+        sections.setdefault(section, []).append(f"{name} = {_toml(value)}")
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "config.toml"
-    config.write_text(CONFIG_TEMPLATE.format(data=data_dir) + extra)
+    config.write_text(
+        "".join(f"[{s}]\n" + "\n".join(lines) + "\n" for s, lines in sections.items())
+    )
     return config
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
 
 
 def cli(

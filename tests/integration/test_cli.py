@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import poplib
 import pwd
 import re
 import signal
@@ -73,7 +74,8 @@ def test_user_management(tmp_path: Path) -> None:
         == 0
     )
     listing = cli("user", "list", "-c", config)
-    assert listing.stdout.split() == [b"dave@example.org", b"erin@localhost"]
+    assert names(listing.stdout) == [b"dave@example.org", b"erin@localhost"]
+    assert b"credentials=scram" in listing.stdout
     again = cli("user", "add", "-c", config, "DAVE+example.org", "--password-stdin", stdin=b"x\n")
     assert again.returncode == 1 and b"already exists" in again.stderr
     assert (
@@ -95,7 +97,54 @@ def test_user_management(tmp_path: Path) -> None:
     bad_name = cli("user", "add", "-c", config, "../etc", "--password-stdin", stdin=b"x\n")
     assert bad_name.returncode == 2 and b"invalid user name" in bad_name.stderr
     assert cli("user", "del", "-c", config, "erin").returncode == 0
-    assert cli("user", "list", "-c", config).stdout.split() == [b"dave@example.org"]
+    assert names(cli("user", "list", "-c", config).stdout) == [b"dave@example.org"]
+    assert (
+        cli(
+            "user", "quota", "-c", config, "dave@example.org", "--messages", "10", "--bytes", "5000"
+        ).returncode
+        == 0
+    )
+    assert b"quota=10/5000" in cli("user", "list", "-c", config).stdout
+    negative = cli("user", "quota", "-c", config, "dave@example.org", "--messages", "-1")
+    assert negative.returncode == 2 and b"Traceback" not in negative.stderr
+
+
+def names(listing: bytes) -> list[bytes]:
+    return [line.split(b"\t")[0] for line in listing.splitlines()]
+
+
+def test_user_import_from_dovecot_passwd_file(tmp_path: Path) -> None:
+    openssl = require_binary("openssl")
+    data = tmp_path / "data"
+    config = str(write_config(data))
+    sha512 = subprocess.run(
+        [openssl, "passwd", "-6", "secret one"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    passwd = tmp_path / "users"
+    passwd.write_text(
+        "# Dovecot passwd-file\n"
+        f"hank@example.org:{{SHA512-CRYPT}}{sha512}:1000:1000::/home/hank::\n"
+        "ivy:{PLAIN}secret two::::::\n"
+        "broken line without a scheme:x\n"
+    )
+    dry = cli("user", "import", "-c", config, "--passwd-file", str(passwd), "--dry-run")
+    assert b"would import 2 users" in dry.stdout
+    assert names(cli("user", "list", "-c", config).stdout) == []
+    result = cli("user", "import", "-c", config, "--passwd-file", str(passwd))
+    assert b"imported 2 users" in result.stdout
+    assert result.returncode == 1 and b"line 4" in result.stderr  # the broken line is reported
+    assert sha512.encode() not in result.stderr
+    srv = ProcessServer(Path(config))
+    try:
+        for user, password in (("hank@example.org", "secret one"), ("ivy", "secret two")):
+            client = poplib.POP3(*srv.address, timeout=30)
+            client.user(user)
+            assert client.pass_(password).startswith(b"+OK Maildrop")
+            client.quit()
+    finally:
+        srv.stop()
+    # Rehashed to argon2id at that first login, with SCRAM keys.
+    assert cli("user", "list", "-c", config).stdout.count(b"credentials=scram") == 2
 
 
 def test_deliver_exit_codes(tmp_path: Path) -> None:
