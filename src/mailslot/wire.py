@@ -238,3 +238,82 @@ class DotStuffer:
             top.body_lines -= 1
         top.done = True
         return data[:pos]
+
+
+class DataReader:
+    """The message text of an SMTP/LMTP ``DATA`` command, chunk by chunk
+    (RFC 5321 §4.1.1.4, §4.5.2).
+
+    ``feed(chunk)`` returns ``(body, done)``: the message octets found in the
+    chunk, dot-stuffing undone and line ends left as received, and whether
+    the terminating line (a lone ``.``) has been seen.  The line end before
+    the terminating dot belongs to the message (RFC 5321 §4.1.1.4).  Once
+    ``done``, ``remainder`` holds what followed the terminator: pipelined
+    commands, to go back to the command line reader.
+
+    Lines start after every LF, so ``CRLF.CRLF``, ``LF.LF`` and mixes of the
+    two end the message; a bare CR never ends a line (no ``CR.CR``).  There
+    is no bound on line length: the caller bounds the message size.  At most
+    two octets (``.`` or ``.CR`` at a line start, undecided until the next
+    chunk) are held back between calls.  The scan looks only for ``LF.``, so
+    lines that do not start with a dot cost no Python-level work.
+    """
+
+    __slots__ = ("_done", "_line_start", "_pending", "_remainder")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._line_start = True  # DATA text starts on a fresh line
+        self._pending = b""
+        self._remainder = b""
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def remainder(self) -> bytes:
+        """The octets after the terminating line (empty until ``done``)."""
+        return self._remainder
+
+    def feed(self, chunk: bytes) -> tuple[bytes, bool]:
+        if self._done:
+            raise ValueError("the DATA text has already ended")
+        data = self._pending + chunk if self._pending else chunk
+        self._pending = b""
+        size = len(data)
+        out: list[bytes] = []
+        pos = 0  # first octet not yet emitted
+        # ``line`` is the offset of a line start to examine, or -1: search.
+        line = 0 if self._line_start else -1
+        while True:
+            if line < 0:
+                found = data.find(b"\n.", pos)
+                if found < 0:
+                    if pos < size:
+                        out.append(data[pos:])
+                        self._line_start = data[-1:] == b"\n"
+                    break
+                line = found + 1
+            if line == size:  # only for an empty chunk at a line start
+                break
+            if data[line] != 0x2E:  # "."
+                line = -1
+                continue
+            after = data[line + 1 : line + 3]
+            if after[:1] == b"\n" or after == b"\r\n":
+                out.append(data[pos:line])
+                self._remainder = data[line + 1 + (1 if after[:1] == b"\n" else 2) :]
+                self._done = True
+                break
+            if after in (b"", b"\r"):
+                # ".", ".CR" at the end: the next chunk decides.
+                out.append(data[pos:line])
+                self._pending = data[line:]
+                self._line_start = True
+                break
+            # A stuffed dot: drop it, keep the rest of the line.
+            out.append(data[pos:line])
+            pos = line + 1
+            line = -1
+        return b"".join(out), self._done

@@ -52,6 +52,10 @@ its physical and wire sizes in the same pass, fsyncs it, links it to
 ``new/<unique>,S=<size>,W=<wire size>`` and fsyncs ``new/``: the message is
 on stable storage before ``deliver`` returns.  Any ``OSError`` removes what
 was written and becomes ``DeliveryError(temporary=True)``.
+
+Usage.  ``usage`` counts the messages of ``cur/`` and ``new/`` and their
+physical sizes (``,S=`` from the name, else ``stat``) for delivery quotas;
+it takes no lock and reads no file.
 """
 
 from __future__ import annotations
@@ -145,6 +149,16 @@ def _scan(directory: str) -> dict[str, str]:
 def _name_wire_size(base: str) -> int | None:
     """The ``,W=<n>`` field of a Maildir base name (Dovecot's convention)."""
     start = base.find(",W=")
+    if start < 0:
+        return None
+    end = base.find(",", start + 3)
+    digits = base[start + 3 : end if end >= 0 else None]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
+def _name_physical_size(base: str) -> int | None:
+    """The ``,S=<n>`` field of a Maildir base name: the file's size in octets."""
+    start = base.find(",S=")
     if start < 0:
         return None
     end = base.find(",", start + 3)
@@ -581,6 +595,38 @@ class MaildirStore:
             f"{seconds}.M{usec}P{os.getpid()}Q{next(_deliveries)}"
             f"R{secrets.token_hex(8)}.{self._hostname}"
         )
+
+    def usage(self, user: str, domain: str) -> tuple[int, int]:
+        """``(messages, octets)`` stored in ``cur/`` and ``new/``, for quotas.
+
+        Octets are physical sizes: the ``,S=<n>`` field of a name when
+        present (no stat), else ``stat``.  A missing Maildir is empty; a
+        file removed during the scan is skipped.  Takes no lock: the answer
+        is a snapshot that concurrent deliveries and sessions may change.
+        ``InvalidName`` (a ValueError) for an unsafe name, ``OSError`` when
+        a directory cannot be read.
+        """
+        path = self.maildir_path(user, domain)
+        count = octets = 0
+        for sub in ("cur", "new"):
+            try:
+                entries = os.scandir(os.path.join(path, sub))
+            except FileNotFoundError:
+                continue
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == "." or not entry.is_file(follow_symlinks=False):
+                        continue
+                    size = _name_physical_size(name.partition(":")[0])
+                    if size is None:
+                        try:
+                            size = entry.stat(follow_symlinks=False).st_size
+                        except FileNotFoundError:
+                            continue
+                    count += 1
+                    octets += size
+        return count, octets
 
     def deliver(self, user: str, domain: str, message: BinaryIO) -> str:
         try:
