@@ -33,6 +33,7 @@ EX_TEMPFAIL = 75  # sysexits.h
 
 QUICKSTART_POP3 = "127.0.0.1:1110"
 QUICKSTART_POP3S = "127.0.0.1:1995"
+QUICKSTART_LMTP = "127.0.0.1:2424"
 DEMO_USER = "demo"
 
 log = logging.getLogger("mailslot")
@@ -51,7 +52,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     if getattr(args, "data", None):
         overrides["server.data_dir"] = str(Path(args.data).resolve())
-    for flag, key in (("pop3", "pop3.listen"), ("pop3s", "pop3s.listen")):
+    listeners = (("pop3", "pop3.listen"), ("pop3s", "pop3s.listen"), ("lmtp", "lmtp.listen"))
+    for flag, key in listeners:
         if getattr(args, flag, None):
             overrides[key] = list(getattr(args, flag))
     for flag, key in (("tls_cert", "tls.cert"), ("tls_key", "tls.key")):
@@ -184,6 +186,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  pop3 listen {address}")
     for address in settings.pop3s_listen:
         print(f"  pop3s listen {address}")
+    for address in settings.lmtp_listen:
+        print(f"  lmtp listen {address}")
+    if settings.lmtp_socket:
+        print(f"  lmtp socket {settings.data_path(settings.lmtp_socket)}")
     print(f"  mail location {settings.mail_template}")
     print(f"  user database {settings.user_db_path}")
     return EX_OK
@@ -203,6 +209,9 @@ listen = ["{pop3}"]
 
 [pop3s]
 listen = ["{pop3s}"]
+
+[lmtp]
+listen = ["{lmtp}"]
 
 [tls]
 cert = "tls/cert.pem"
@@ -229,6 +238,8 @@ Deliver more with:
 
     mailslot deliver -c {config} {user} < message.eml
 
+or over LMTP on {lmtp} (point your MTA's local delivery at it).
+
 Добро пожаловать! (8-bit text passes through untouched.)
 """
 
@@ -251,6 +262,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             QUICKSTART_CONFIG.format(
                 pop3=args.pop3 or QUICKSTART_POP3,
                 pop3s=args.pop3s or QUICKSTART_POP3S,
+                lmtp=args.lmtp or QUICKSTART_LMTP,
                 root=as_root,
             ),
             encoding="utf-8",
@@ -262,6 +274,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     args.config = str(config)
     args.pop3 = [args.pop3] if args.pop3 else None
     args.pop3s = [args.pop3s] if args.pop3s else None
+    args.lmtp = [args.lmtp] if args.lmtp else None
     settings = _settings(args)
     password = None
     with open_user_db(settings) as users:
@@ -273,6 +286,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
                 password = None
             else:
                 welcome = WELCOME.format(
+                    lmtp=settings.lmtp_listen[0] if settings.lmtp_listen else "-",
                     user=DEMO_USER,
                     date=formatdate(localtime=True),
                     token=secrets.token_hex(8),
@@ -410,6 +424,50 @@ def _safe(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii")[:100]
 
 
+# ---------------------------------------------------------------- import
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mailslot.auth import InvalidName  # noqa: PLC0415
+    from mailslot.server.app import open_store, open_user_db  # noqa: PLC0415
+    from mailslot.store import migrate  # noqa: PLC0415
+
+    settings = _settings(args)
+    with open_user_db(settings) as users:
+        try:
+            record = users.get(args.user)
+        except InvalidName:
+            record = None
+    if record is None:
+        raise CliError(f"no such user: {_safe(args.user)} (add it first)", EX_NOUSER)
+    account = record.account
+    target = Path(open_store(settings).maildir_path(account.user, account.domain))
+    source = Path(args.source)
+    try:
+        if args.source_format == "dovecot":
+            report = migrate.import_dovecot_maildir(
+                source, target, uidl_format=args.uidl_format, dry_run=args.dry_run, merge=args.merge
+            )
+        elif args.source_format == "courier":
+            report = migrate.import_courier_maildir(
+                source, target, dry_run=args.dry_run, merge=args.merge
+            )
+        else:
+            report = migrate.import_mbox(source, target, dry_run=args.dry_run, merge=args.merge)
+    except migrate.MigrationError as exc:
+        raise CliError(f"import failed: {exc}") from None
+    except ValueError as exc:
+        raise CliError(f"import failed: {exc}", EX_USAGE) from None
+    verb = "would import" if args.dry_run else "imported"
+    print(
+        f"{verb} {report.messages} messages ({report.octets} octets) into {account.name}: "
+        f"{report.uidls_kept} UIDLs kept, {report.uidls_new} new"
+    )
+    for note in report.skipped:
+        print(f"  {note}")
+    return EX_OK
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -435,12 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pop3", metavar="HOST:PORT", help=f"POP3 listener ({QUICKSTART_POP3})")
     p.add_argument("--pop3s", metavar="HOST:PORT", help=f"POP3S listener ({QUICKSTART_POP3S})")
+    p.add_argument("--lmtp", metavar="HOST:PORT", help=f"LMTP listener ({QUICKSTART_LMTP})")
     p.set_defaults(func=cmd_quickstart, config=None, data=None)
 
     p = sub.add_parser("serve", help="serve POP3 in the foreground")
     _add_common(p)
     p.add_argument("--pop3", action="append", metavar="HOST:PORT", help="POP3 listener (repeat)")
     p.add_argument("--pop3s", action="append", metavar="HOST:PORT", help="POP3S listener (repeat)")
+    p.add_argument("--lmtp", action="append", metavar="HOST:PORT", help="LMTP listener (repeat)")
     p.add_argument("--tls-cert", metavar="PEM", help="certificate chain")
     p.add_argument("--tls-key", metavar="PEM", help="private key")
     p.add_argument("--user", help="switch to this user after binding (when started as root)")
@@ -480,6 +540,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--dry-run", action="store_true", help="report what would be imported")
     q.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("import", help="import mail from Dovecot, Courier or mbox, keeping UIDLs")
+    _add_common(p)
+    p.add_argument(
+        "--from", dest="source_format", required=True, choices=["dovecot", "courier", "mbox"]
+    )
+    p.add_argument(
+        "--uidl-format",
+        default="%08Xu%08Xv",
+        help="Dovecot's pop3_uidl_format (default %%08Xu%%08Xv)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report what would be imported")
+    p.add_argument("--merge", action="store_true", help="add to a maildrop that has mail")
+    p.add_argument("source", help="the Maildir (dovecot, courier) or mbox file")
+    p.add_argument("user", help="the mailslot account to import into")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("deliver", help="deliver a message from stdin to users' maildrops")
     _add_common(p)

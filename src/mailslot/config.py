@@ -197,6 +197,15 @@ class Settings:
     max_bad_commands: int = _opt("pop3.max_bad_commands", 20, _int(1), "bad commands in a row")
     max_auth_failures: int = _opt("pop3.max_auth_failures", 3, _int(1), "per connection")
     implementation: str = _opt("pop3.implementation", "mailslot", _str, "IMPLEMENTATION")
+    lmtp_listen: tuple[Address, ...] = _opt(
+        "lmtp.listen", (), _addresses, "LMTP (delivery) TCP listeners"
+    )
+    lmtp_socket: str | None = _opt("lmtp.socket", None, _optional_str, "LMTP unix socket path")
+    lmtp_max_message_size: int = _opt(
+        "lmtp.max_message_size", 50 * 1024 * 1024, _int(1024), "octets (SIZE)"
+    )
+    lmtp_max_recipients: int = _opt("lmtp.max_recipients", 100, _int(1), "per message")
+    lmtp_max_connections: int = _opt("lmtp.max_connections", 100, _int(1), "LMTP connections")
     mail_location: str = _opt(
         "storage.mail_location", DEFAULT_MAIL_LOCATION, _location, "Maildir path template"
     )

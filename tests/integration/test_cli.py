@@ -7,6 +7,7 @@ import poplib
 import pwd
 import re
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -236,7 +237,7 @@ def test_drops_privileges_after_binding(tmp_path: Path) -> None:
 
 def test_quickstart_then_curl(tmp_path: Path) -> None:
     curl = require_binary("curl")
-    pop3, pop3s = free_port(), free_port()
+    pop3, pop3s, lmtp = free_port(), free_port(), free_port()
     setup = tmp_path / "qs"
     proc = subprocess.Popen(
         [
@@ -250,6 +251,8 @@ def test_quickstart_then_curl(tmp_path: Path) -> None:
             f"127.0.0.1:{pop3}",
             "--pop3s",
             f"127.0.0.1:{pop3s}",
+            "--lmtp",
+            f"127.0.0.1:{lmtp}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -280,6 +283,18 @@ def test_quickstart_then_curl(tmp_path: Path) -> None:
         )
         assert result.returncode == 0 and b"Welcome to mailslot" in result.stdout
         assert "SHA-256" in out
+        # Mail arrives over LMTP and is the second message.
+        with smtplib.LMTP("127.0.0.1", lmtp, timeout=30) as client:
+            client.sendmail(
+                "someone@example.org", ["demo@localhost"], b"Subject: via LMTP\r\n\r\nhi\r\n"
+            )
+        second = command.group(1).split()[1:]
+        assert second[-1].endswith("/1")
+        second[-1] = second[-1][: -len("/1")] + "/2"
+        result = subprocess.run([curl, "-sS", *second], capture_output=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert b"Subject: via LMTP" in result.stdout
+        assert b"Delivered-To: demo@localhost" in result.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
@@ -307,3 +322,40 @@ def test_quickstart_then_curl(tmp_path: Path) -> None:
     assert "existing" in again.stdout
     assert "password:" not in again.stdout
     assert again.returncode == 1 and "cannot listen" in again.stderr
+
+
+def test_import_dovecot_maildir_keeps_uidls(tmp_path: Path) -> None:
+    source = tmp_path / "dovecot" / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (source / sub).mkdir(parents=True)
+    one = b"Subject: one\n\nfirst\n"
+    two = b"Subject: two\n\nsecond\n"
+    (source / "cur" / "1700000000.M1P1.old,S=20:2,S").write_bytes(one)
+    (source / "cur" / "1700000001.M2P1.old,S=21:2,").write_bytes(two)
+    (source / "dovecot-uidlist").write_text(
+        "3 V1700000000 N3 Gabcdef\n"
+        "1 :1700000000.M1P1.old,S=20\n"
+        "2 Pkept-by-dovecot :1700000001.M2P1.old,S=21\n"
+    )
+    data = tmp_path / "data"
+    config = str(write_config(data))
+    cli("user", "add", "-c", config, "jack", "--password-stdin", stdin=b"pw\n")
+    dry = cli("import", "-c", config, "--from", "dovecot", "--dry-run", str(source), "jack")
+    assert dry.returncode == 0 and b"would import 2 messages" in dry.stdout, dry.stderr
+    done = cli("import", "-c", config, "--from", "dovecot", str(source), "jack")
+    assert done.returncode == 0 and b"2 UIDLs kept" in done.stdout, done.stdout + done.stderr
+    again = cli("import", "-c", config, "--from", "dovecot", str(source), "jack")
+    assert again.returncode == 1 and b"import failed" in again.stderr  # no duplicates
+    missing = cli("import", "-c", config, "--from", "mbox", str(tmp_path / "x"), "nobody")
+    assert missing.returncode == 67
+    srv = ProcessServer(Path(config))
+    try:
+        client = poplib.POP3(*srv.address, timeout=30)
+        client.user("jack")
+        client.pass_("pw")
+        # %08Xu%08Xv: uid 1, uidvalidity 1700000000 = 0x6553f100 (Dovecot prints lower case)
+        assert client.uidl()[1] == [b"1 000000016553f100", b"2 kept-by-dovecot"]
+        assert client.retr(1)[1] == [b"Subject: one", b"", b"first"]
+        client.quit()
+    finally:
+        srv.stop()

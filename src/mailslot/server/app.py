@@ -21,10 +21,12 @@ from dataclasses import dataclass, replace
 from mailslot.auth import HashParams, PasswordHasher, UserDB
 from mailslot.auth.penalty import FailedLoginTracker
 from mailslot.config import Address, Settings
+from mailslot.delivery.lmtp import LmtpSessionOptions
 from mailslot.pop3.session import SessionOptions
 from mailslot.server import tls
 from mailslot.server.backend import StoreBackend
 from mailslot.server.driver import DriverOptions, Pop3Connection
+from mailslot.server.lmtp import LmtpListener, LmtpOptions, UserDBResolver
 from mailslot.store.maildir import MaildirStore
 
 log = logging.getLogger("mailslot.server")
@@ -141,9 +143,24 @@ class MailslotServer:
             self.tls_context = tls.server_context(
                 self._tls_files, min_version=settings.tls_min_version
             )
+        store = open_store(settings)
+        resolver = UserDBResolver(self._users, default_domain=settings.default_domain)
+        self._lmtp = LmtpListener(
+            resolver=resolver,
+            store=store,
+            quota=resolver.quota,
+            options=LmtpOptions(
+                session=LmtpSessionOptions(
+                    hostname=settings.greeting_hostname,
+                    max_message_size=settings.lmtp_max_message_size,
+                    max_recipients=settings.lmtp_max_recipients,
+                ),
+                max_connections=settings.lmtp_max_connections,
+            ),
+        )
         self._backend = StoreBackend(
             users=self._users,
-            store=open_store(settings),
+            store=store,
             auth_executor=self._auth_executor,
             hostname=settings.greeting_hostname,
             default_domain=settings.default_domain,
@@ -222,6 +239,17 @@ class MailslotServer:
                 listener = Listener(protocol, Address(host, port))
                 self.listeners.append(listener)
                 log.info("listening: %s on %s", protocol, listener.address)
+        for address in self._settings.lmtp_listen:
+            for host, port in await self._lmtp.listen_tcp(address.host, address.port):
+                listener = Listener("lmtp", Address(host, port))
+                self.listeners.append(listener)
+                log.info("listening: lmtp on %s", listener.address)
+        if self._settings.lmtp_socket is not None:
+            path = await self._lmtp.listen_unix(
+                str(self._settings.data_path(self._settings.lmtp_socket))
+            )
+            self.listeners.append(Listener("lmtp", Address(str(path), 0)))
+            log.info("listening: lmtp on unix socket %s", path)
         self._sweeper = loop.create_task(registry.sweep_forever())
         return self.listeners
 
@@ -259,12 +287,14 @@ class MailslotServer:
         registry.accepting = False
         for server in self._servers:
             server.close()
+        lmtp = asyncio.create_task(self._lmtp.shutdown(grace=self._settings.shutdown_grace))
         try:
             await asyncio.wait_for(registry.empty.wait(), self._settings.shutdown_grace)
         except TimeoutError:
             log.info("stopping: closing %d sessions (nothing is deleted)", len(registry))
             registry.shutdown_all()
             await asyncio.sleep(0)
+        await lmtp
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._auth_executor.shutdown(wait=False, cancel_futures=True)
