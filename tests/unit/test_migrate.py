@@ -467,17 +467,23 @@ def test_a_pop3_session_blocks_the_import(dovecot: Path, target: Path, store: Ma
     assert [uid for uid, _size in listing(store)][:5] == [u for u, _m in DOVECOT_EXPECTED]
 
 
-def test_a_session_slipping_in_before_the_uid_list_undoes_the_copy(
+def test_no_session_can_open_the_maildrop_before_the_uid_list_is_written(
     dovecot: Path, target: Path, store: MaildirStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def busy(*_args: object, **_kwargs: object) -> None:
-        raise MaildropBusy("in use")
+    real = migrate.import_uids
+    attempts: list[str] = []
 
-    monkeypatch.setattr(migrate, "import_uids", busy)
-    with pytest.raises(MigrationError, match="try again"):
-        import_dovecot_maildir(dovecot, target)
-    assert os.listdir(target / "cur") == os.listdir(target / "tmp") == []
-    assert not (target / UIDLIST_NAME).exists()
+    def checked(*args: object, **kwargs: object) -> None:
+        with pytest.raises(MaildropBusy):
+            store.open("alice", "example.org")  # a POP3 session trying to get in
+        attempts.append("refused")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(migrate, "import_uids", checked)
+    report = import_dovecot_maildir(dovecot, target)
+    assert attempts == ["refused"]
+    with store.open("alice", "example.org") as drop:
+        assert len(drop.messages) == report.messages
 
 
 def test_a_copy_failure_leaves_nothing_behind(

@@ -329,6 +329,7 @@ def import_uids(
     entries: Iterable[tuple[str, int | None, str]],
     *,
     next_uid: int | None = None,
+    lock_held: bool = False,
 ) -> None:
     """Replace the uid list of ``maildir`` with ``entries``, for migrations.
 
@@ -338,7 +339,8 @@ def import_uids(
     ``:2,``.  Their order is the snapshot order.  Messages not listed get
     fresh uids at the next open.  The existing validity is kept and the
     counter becomes ``max(current, next_uid)``: it never goes back.  Takes the
-    maildrop lock (``MaildropBusy`` while a session is open).
+    maildrop lock (``MaildropBusy`` while a session is open), unless the caller
+    says it holds it already (``lock_held``).
     """
     path = os.fspath(maildir)
     rows = list(entries)
@@ -358,12 +360,13 @@ def import_uids(
     if next_uid is not None and next_uid < 1:
         raise ValueError("next_uid must be positive")
     _ensure_dirs(path)
-    fd = _lock(path)
+    fd = None if lock_held else _lock(path)
     try:
         current = _read_uidlist(path)
         _write_uidlist(path, current.validity, max(current.next_uid, next_uid or 1), rows)
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 # --- the maildrop -----------------------------------------------------------------

@@ -22,17 +22,11 @@ Theory of operation
    transmitted, RFC 1939 §11, are computed in the same pass) and fsynced.
    Still under the lock, each is linked into ``cur/`` (never replacing a file)
    and ``cur/`` is fsynced.
-4. The lock is released and ``import_uids`` takes it again to write the uid
-   list: existing entries first, then the imported messages in the old
-   server's order, each with its wire size.  flock locks belong to the open
-   file description, so ``import_uids`` cannot take the lock while this
-   module holds it.  A session that opens in the instant between the two
-   sees the new files without their UIDLs: if it is still open,
-   ``import_uids`` fails with ``MaildropBusy``, the copied files are removed
-   again and ``MigrationError`` asks for a retry.  (One that opened *and*
-   closed within those microseconds would have shown provisional UIDLs;
-   closing that gap needs a way to call ``import_uids`` under a held lock.)
-   Any other failure also removes what was written.
+4. Still under the same lock, ``import_uids(..., lock_held=True)`` writes
+   the uid list: existing entries first, then the imported messages in the
+   old server's order, each with its wire size.  No POP3 session can open the
+   maildrop between the copy and the uid list, so none ever sees the new
+   messages without their old UIDLs.  Any failure removes what was written.
 
 ``dry_run=True`` reads everything (sizes included) and writes nothing, not
 even the target directories, and takes no lock.
@@ -764,15 +758,8 @@ class _Target:
         except OSError as exc:
             self._roll_back()
             raise MigrationError(f"cannot move messages into {cur}: {exc}") from exc
-        self._unlock()  # import_uids takes the lock itself: see the module docstring
         try:
-            import_uids(self.path, [*self.rows, *rows])
-        except MaildropBusy:
-            self._roll_back()
-            raise MigrationError(
-                f"{self.path}: a POP3 session opened it during the import; "
-                f"nothing was imported, try again"
-            ) from None
+            import_uids(self.path, [*self.rows, *rows], lock_held=True)
         except (OSError, MaildropError) as exc:
             self._roll_back()
             raise MigrationError(f"cannot write the uid list of {self.path}: {exc}") from exc
