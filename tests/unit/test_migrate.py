@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailslot.store import MaildropBusy, migrate
-from mailslot.store.maildir import UIDLIST_NAME, MaildirStore
+from mailslot.store.maildir import UIDLIST_NAME, MaildirStore, import_uids
 from mailslot.store.migrate import (
     ImportReport,
     MigrationError,
@@ -470,7 +470,7 @@ def test_a_pop3_session_blocks_the_import(dovecot: Path, target: Path, store: Ma
 def test_no_session_can_open_the_maildrop_before_the_uid_list_is_written(
     dovecot: Path, target: Path, store: MaildirStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = migrate.import_uids
+    real = import_uids
     attempts: list[str] = []
 
     def checked(*args: object, **kwargs: object) -> None:
