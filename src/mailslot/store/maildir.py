@@ -137,7 +137,11 @@ def _unlink_quietly(path: str) -> None:
 def _scan(directory: str) -> dict[str, str]:
     """Regular, non-dot files of ``directory`` as {base name: file name}."""
     found: dict[str, str] = {}
-    with os.scandir(directory) as entries:
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return found
+    with entries:
         for entry in entries:
             name = entry.name
             # is_file() uses d_type from the directory listing: no stat call.

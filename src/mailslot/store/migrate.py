@@ -153,7 +153,17 @@ from types import TracebackType
 from typing import BinaryIO, Final
 
 from mailslot.store.base import MaildropBusy, MaildropError
-from mailslot.store.maildir import UIDLIST_NAME, _lock, import_uids
+from mailslot.store.maildir import (
+    UIDLIST_NAME,
+    _delivery_order,
+    _escape_hostname,
+    _fsync_dir,
+    _lock,
+    _scan,
+    _unlink_quietly,
+    _write_all,
+    import_uids,
+)
 from mailslot.wire import wire_size
 
 __all__ = [
@@ -175,7 +185,6 @@ _UIDL_MAX: Final = 70
 _INFO: Final = ":2,"
 _OPEN_FLAGS: Final = os.O_CLOEXEC | os.O_NOFOLLOW
 _LINK_UNSUPPORTED: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
-_DELIVERY_TIME: Final = re.compile(r"(\d+)\.(?:M(\d+))?")
 _ADDED_W: Final = re.compile(r",W=\d+$")
 _NO_ORDER: Final = 1 << 32  # after every Dovecot POP3 order number (uint32)
 
@@ -415,53 +424,12 @@ def expand_uidl_format(
 # --- small filesystem helpers -------------------------------------------------
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def _scan(directory: str) -> dict[str, str]:
-    """Regular, non-dot files of ``directory`` as {base name: file name}."""
-    found: dict[str, str] = {}
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return found
-    with entries:
-        for entry in entries:
-            name = entry.name
-            if name[0] != "." and entry.is_file(follow_symlinks=False):
-                found.setdefault(name.partition(":")[0], name)
-    return found
-
-
 def _scan_maildir(maildir: str) -> dict[str, str]:
     """Messages of ``cur/`` and ``new/`` as {base name: "cur/<name>" or "new/<name>"}."""
     found = {base: "cur/" + name for base, name in _scan(os.path.join(maildir, "cur")).items()}
     for base, name in _scan(os.path.join(maildir, "new")).items():
         found.setdefault(base, "new/" + name)
     return found
-
-
-def _delivery_order(base: str) -> tuple[int, int, str]:
-    match = _DELIVERY_TIME.match(base)
-    if match is None:
-        return (1 << 62, 0, base)
-    return (int(match[1]), int(match[2] or 0), base)
 
 
 def _source_maildir(source: Path) -> str:
@@ -502,8 +470,7 @@ def _read_text(path: str) -> str | None:
 
 def _hostname() -> str:
     host = socket.gethostname() or "localhost"
-    host = "".join(c if "!" <= c <= "~" else "_" for c in host)
-    return host.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
+    return _escape_hostname("".join(c if "!" <= c <= "~" else "_" for c in host))
 
 
 # --- what is imported ---------------------------------------------------------
