@@ -162,7 +162,6 @@ class Session:
         "_commands",
         "_deleted",
         "_eof",
-        "_handlers",
         "_live_octets",
         "_messages",
         "_options",
@@ -212,25 +211,6 @@ class Session:
         self._auth_failures = 0
         # retrieved, retrieved octets, top, deleted, deleted octets
         self._stats = [0, 0, 0, 0, 0]
-        self._handlers: dict[Verb, Callable[[bytes, list[str]], Event | None]] = {
-            Verb.USER: self._cmd_user,
-            Verb.PASS: self._cmd_pass,
-            Verb.APOP: self._cmd_apop,
-            Verb.AUTH: self._cmd_auth,
-            Verb.STLS: self._cmd_stls,
-            Verb.UTF8: self._cmd_utf8,
-            Verb.LANG: self._cmd_lang,
-            Verb.CAPA: self._cmd_capa,
-            Verb.STAT: self._cmd_stat,
-            Verb.LIST: self._cmd_list,
-            Verb.RETR: self._cmd_retr,
-            Verb.DELE: self._cmd_dele,
-            Verb.NOOP: self._cmd_noop,
-            Verb.RSET: self._cmd_rset,
-            Verb.TOP: self._cmd_top,
-            Verb.UIDL: self._cmd_uidl,
-            Verb.QUIT: self._cmd_quit,
-        }
         # RFC 1939 §7: the timestamp is the APOP challenge.  Clients such as
         # curl use APOP whenever the greeting carries one, so it is shown only
         # when APOP is offered.
@@ -455,7 +435,7 @@ class Session:
             self._bad(f"Command not valid in {state.value} state. Allowed: {allowed}")
             return None
         args = rest.decode("utf-8", "replace").split()
-        result = self._handlers[verb](rest, args)
+        result = _HANDLERS[verb](self, rest, args)
         return result
 
     def _arity(self, args: list[str], low: int, high: int) -> bool:
@@ -777,6 +757,28 @@ class Session:
         self._stats[3] = len(self._deleted)
         self._stats[4] = sum(self._messages[i].size for i in self._deleted)
         return CommitRequested(indexes=frozenset(self._deleted))
+
+
+# Command dispatch, built once for the class (not per session).
+_HANDLERS: dict[Verb, Callable[[Session, bytes, list[str]], Event | None]] = {
+    Verb.USER: Session._cmd_user,
+    Verb.PASS: Session._cmd_pass,
+    Verb.APOP: Session._cmd_apop,
+    Verb.AUTH: Session._cmd_auth,
+    Verb.STLS: Session._cmd_stls,
+    Verb.UTF8: Session._cmd_utf8,
+    Verb.LANG: Session._cmd_lang,
+    Verb.CAPA: Session._cmd_capa,
+    Verb.STAT: Session._cmd_stat,
+    Verb.LIST: Session._cmd_list,
+    Verb.RETR: Session._cmd_retr,
+    Verb.DELE: Session._cmd_dele,
+    Verb.NOOP: Session._cmd_noop,
+    Verb.RSET: Session._cmd_rset,
+    Verb.TOP: Session._cmd_top,
+    Verb.UIDL: Session._cmd_uidl,
+    Verb.QUIT: Session._cmd_quit,
+}
 
 
 def _decode_base64(text: str) -> bytes | None:
