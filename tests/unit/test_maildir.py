@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -28,6 +29,7 @@ from mailslot.store import (
     MaildropUnavailable,
     MessageGone,
 )
+from mailslot.store import maildir as maildir_module
 from mailslot.store.maildir import (
     LOCK_NAME,
     UIDLIST_NAME,
@@ -716,3 +718,84 @@ def _no_leaked_fds() -> Iterator[None]:
     before = open_fds()
     yield
     assert open_fds() <= before
+
+
+# --- warm opens from the uid list ---------------------------------------------
+
+
+def age(directory: Path, seconds: float = 10) -> None:
+    """Make a directory look untouched for a while (the settle rule)."""
+    then = time.time() - seconds
+    os.utime(directory, (then, then))
+
+
+class ScanCounter:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        real = maildir_module._scan
+
+        def counting(directory: str) -> dict[str, str]:
+            self.calls.append(os.path.basename(directory))
+            return real(directory)
+
+        monkeypatch.setattr(maildir_module, "_scan", counting)
+
+
+def test_warm_open_trusts_the_uid_list(
+    store: MaildirStore, maildir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        deliver(store, b"message %d\n" % n)
+    first = uids(store)  # moves new/ to cur/: cur/ changed just now
+    age(maildir / "cur")
+    assert uids(store) == first  # a full scan of a settled cur/ records its mtime
+    counter = ScanCounter(monkeypatch)
+    with drop(store) as md:
+        assert [m.uid for m in md.messages] == first
+        assert contents(md) == [b"message 0\n", b"message 1\n", b"message 2\n"]
+    assert counter.calls == ["new"]  # cur/ was not listed
+
+
+@pytest.mark.parametrize("change", ["flag-rename", "removal", "delivery", "file-in-cur"])
+def test_any_change_brings_back_the_full_scan(
+    store: MaildirStore, maildir: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    for n in range(3):
+        deliver(store, b"message %d\n" % n)
+    first = uids(store)
+    age(maildir / "cur")
+    uids(store)
+    cur = sorted((maildir / "cur").iterdir())
+    if change == "flag-rename":
+        cur[0].rename(cur[0].with_name(cur[0].name + "S"))
+        expected = [b"message 0\n", b"message 1\n", b"message 2\n"]
+    elif change == "removal":
+        cur[1].unlink()
+        expected = [b"message 0\n", b"message 2\n"]
+    elif change == "delivery":
+        deliver(store, b"message 3\n")
+        expected = [b"message 0\n", b"message 1\n", b"message 2\n", b"message 3\n"]
+    else:
+        put(maildir, "cur", "9999999999.M1P1.other:2,S", b"message 3\n")
+        expected = [b"message 0\n", b"message 1\n", b"message 2\n", b"message 3\n"]
+    counter = ScanCounter(monkeypatch)
+    with drop(store) as md:
+        assert contents(md) == expected
+        assert [m.uid for m in md.messages][:2] == [
+            u for u in first if change != "removal" or u != first[1]
+        ][:2]
+    assert "cur" in counter.calls
+
+
+def test_a_commit_forgets_the_trusted_mtime(store: MaildirStore, maildir: Path) -> None:
+    for n in range(3):
+        deliver(store, b"message %d\n" % n)
+    uids(store)
+    age(maildir / "cur")
+    uids(store)
+    assert len((maildir / UIDLIST_NAME).read_text().split("\n")[0].split()) == 5
+    with drop(store) as md:
+        md.commit([0])
+    assert len((maildir / UIDLIST_NAME).read_text().split("\n")[0].split()) == 4
+    with drop(store) as md:
+        assert contents(md) == [b"message 1\n", b"message 2\n"]

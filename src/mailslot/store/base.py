@@ -23,8 +23,7 @@ No backend knows POP3.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 
 class MaildropError(Exception):
@@ -58,13 +57,15 @@ class DeliveryError(Exception):
         self.temporary = temporary
 
 
-@dataclass(frozen=True, slots=True)
-class MessageInfo:
+class MessageInfo(NamedTuple):
     """One message of a maildrop snapshot.
 
     ``size`` is the size in octets *as transmitted*: with CRLF line ends and a
     final CRLF, before dot-stuffing (RFC 1939 §11).  ``uid`` is its unique id:
     1 to 70 characters in 0x21-0x7E, stable across sessions, never reused.
+
+    A named tuple, not a dataclass: a 100,000-message maildrop makes 100,000
+    of them per open, and tuples are the cheapest immutable record.
     """
 
     uid: str

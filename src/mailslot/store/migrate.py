@@ -152,13 +152,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final
 
-from mailslot.store.base import MaildropBusy, MaildropError
+from mailslot.store.base import MaildropBusy, MaildropError, MaildropUnavailable
 from mailslot.store.maildir import (
-    UIDLIST_NAME,
     _delivery_order,
     _escape_hostname,
     _fsync_dir,
     _lock,
+    _read_uidlist,
     _scan,
     _unlink_quietly,
     _write_all,
@@ -532,37 +532,17 @@ class _Uidls:
 
 
 def _read_mailslot_rows(maildir: str) -> list[Row]:
-    """The entries of the target's own uid list (format: see maildir.py)."""
-    path = os.path.join(maildir, UIDLIST_NAME)
-    text = _read_text(path)
-    if text is None:
-        return []
-    lines = text.split("\n")
-    header = lines[0].split(" ")
-    if len(header) != 4 or header[0] != "mailslot-uidlist":
-        return []  # mailslot itself would start over with this list
-    if header[1] != "1":
-        raise MigrationError(f"{path}: uid list version {header[1]} is newer than this mailslot")
+    """The entries of the target's own uid list, read as ``maildir`` reads it."""
+    try:
+        uidlist = _read_uidlist(maildir)
+    except MaildropUnavailable as exc:  # written by a newer mailslot
+        raise MigrationError(str(exc)) from None
     rows: list[Row] = []
     uids: set[str] = set()
-    bases: set[str] = set()
-    for line in lines[1:]:
-        parts = line.split(" ", 2)
-        if len(parts) != 3:
-            continue
-        uid, size, base = parts
-        if (
-            _valid_uidl(uid)
-            and (size == "-" or (size.isascii() and size.isdigit()))
-            and base
-            and base[0] != "."
-            and not any(c in base for c in ":/\r")
-            and uid not in uids
-            and base not in bases
-        ):
+    for base, (uid, size) in uidlist.entries().items():
+        if uid not in uids and base and base[0] != "." and not any(c in base for c in "/\r"):
             uids.add(uid)
-            bases.add(base)
-            rows.append((uid, None if size == "-" else int(size), base))
+            rows.append((uid, size, base))
     return rows
 
 
