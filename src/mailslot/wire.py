@@ -205,11 +205,13 @@ class DotStuffer:
             data = self._cut_for_top(data)
             if not data:
                 return b""
-        stuffed = data.replace(b"\n.", b"\n..")
+        # CRLF first, then stuff on the three-byte "\r\n.": CPython searches
+        # a three-byte needle about twice as fast as "\n." (it can skip).
+        stuffed = data.replace(b"\n", CRLF).replace(b"\r\n.", b"\r\n..")
         if self._line_start and stuffed[:1] == b".":
             stuffed = b"." + stuffed
         self._line_start = stuffed[-1:] == b"\n"
-        return stuffed.replace(b"\n", CRLF)
+        return stuffed
 
     def _cut_for_top(self, data: bytes) -> bytes:
         top = self._top

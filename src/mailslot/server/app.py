@@ -11,6 +11,7 @@ released.  SIGHUP reloads the TLS certificate and key for new connections.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -251,6 +252,10 @@ class MailslotServer:
             self.listeners.append(Listener("lmtp", Address(str(path), 0)))
             log.info("listening: lmtp on unix socket %s", path)
         self._sweeper = loop.create_task(registry.sweep_forever())
+        # Everything built so far lives as long as the process: keep it out of
+        # the cyclic collector's way (it would walk it on every full collection).
+        gc.collect()
+        gc.freeze()
         return self.listeners
 
     async def serve_until_stopped(self) -> None:

@@ -173,6 +173,9 @@ class Pop3Connection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else "local"
+        # Keep a whole message chunk or two in flight before pausing, so a fast
+        # reader is never starved between chunks.
+        transport.set_write_buffer_limits(high=2 * MESSAGE_CHUNK, low=MESSAGE_CHUNK // 2)
         refusal = self._registry.admit(self)
         if refusal is not None:
             self._closed = True
