@@ -149,6 +149,8 @@ async def _serve(settings: Settings, *, ready: Callable[[], None] | None = None)
         listeners = await server.start()
     except OSError as exc:
         raise CliError(f"cannot listen: {exc}") from None
+    except ConfigError as exc:
+        raise CliError(f"config error: {exc}", EX_USAGE) from None
     _drop_privileges(settings)
     server.install_signal_handlers()
     for listener in listeners:

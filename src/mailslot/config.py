@@ -137,6 +137,13 @@ def _optional_str(value: object) -> str | None:
     return text or None
 
 
+def _file_mode(value: object) -> int:
+    text = _str(value)
+    if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o777:
+        raise ValueError('expected an octal file mode such as "0660"')
+    return int(text, 8)
+
+
 def _tls_version(value: object) -> str:
     versions = ("TLSv1.2", "TLSv1.3")
     if value not in versions:
@@ -201,6 +208,10 @@ class Settings:
         "lmtp.listen", (), _addresses, "LMTP (delivery) TCP listeners"
     )
     lmtp_socket: str | None = _opt("lmtp.socket", None, _optional_str, "LMTP unix socket path")
+    lmtp_socket_mode: int = _opt("lmtp.socket_mode", 0o660, _file_mode, 'octal, e.g. "0660"')
+    lmtp_socket_group: str | None = _opt(
+        "lmtp.socket_group", None, _optional_str, "group of the socket (e.g. postfix)"
+    )
     lmtp_max_message_size: int = _opt(
         "lmtp.max_message_size", 50 * 1024 * 1024, _int(1024), "octets (SIZE)"
     )

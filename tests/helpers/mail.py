@@ -13,7 +13,7 @@ message ending in LF gains an empty CRLF line.  mailslot's LMTP listener
 then prepends ``Return-Path: <sender>`` and ``Delivered-To: <recipient>``,
 each ending like the message's first line (LF or CRLF).  ``delivered()``
 is exactly that text; the interop tests compare clients against it, and
-``test_client_matrix.py::test_lmtp_delivery_stores_exact`` checks it
+``test_client_matrix.py::test_smtplib_lmtp_delivery_stores_exact`` checks it
 against the files in the maildrop.
 
 Comparing

@@ -524,7 +524,9 @@ class Session:
                     RespCode.AUTH,
                 )
             else:
-                self._err("Unsupported SASL mechanism", RespCode.AUTH)
+                # No [AUTH]: that code is for credentials (RFC 3206), and
+                # clients probing for mechanisms must not think theirs were bad.
+                self._err("Unsupported SASL mechanism")
             return None
         initial: bytes | None = None
         if len(args) == 2:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import grp
 import logging
+import os
+import pwd
 import signal
 import ssl
 from collections import Counter
@@ -21,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from mailslot.auth import HashParams, PasswordHasher, UserDB
 from mailslot.auth.penalty import FailedLoginTracker
-from mailslot.config import Address, Settings
+from mailslot.config import Address, ConfigError, Settings
 from mailslot.delivery.lmtp import LmtpSessionOptions
 from mailslot.pop3.session import SessionOptions
 from mailslot.server import tls
@@ -157,6 +160,7 @@ class MailslotServer:
                     max_recipients=settings.lmtp_max_recipients,
                 ),
                 max_connections=settings.lmtp_max_connections,
+                socket_mode=settings.lmtp_socket_mode,
             ),
         )
         self._backend = StoreBackend(
@@ -249,8 +253,8 @@ class MailslotServer:
             path = await self._lmtp.listen_unix(
                 str(self._settings.data_path(self._settings.lmtp_socket))
             )
+            _hand_over_socket(path, self._settings)
             self.listeners.append(Listener("lmtp", Address(str(path), 0)))
-            log.info("listening: lmtp on unix socket %s", path)
         self._sweeper = loop.create_task(registry.sweep_forever())
         # Everything built so far lives as long as the process: keep it out of
         # the cyclic collector's way (it would walk it on every full collection).
@@ -305,3 +309,21 @@ class MailslotServer:
         self._auth_executor.shutdown(wait=False, cancel_futures=True)
         self._users.close()
         log.info("stopped")
+
+
+def _hand_over_socket(path: str, settings: Settings) -> None:
+    """Give the LMTP socket to ``server.user`` and ``lmtp.socket_group``: it is
+    created before privileges are dropped, and the MTA's group must reach it."""
+    uid = gid = -1
+    try:
+        if settings.run_user is not None and os.geteuid() == 0:
+            uid = pwd.getpwnam(settings.run_user).pw_uid
+    except KeyError:
+        raise ConfigError("server.user", "no such user") from None
+    try:
+        if settings.lmtp_socket_group is not None:
+            gid = grp.getgrnam(settings.lmtp_socket_group).gr_gid
+    except KeyError:
+        raise ConfigError("lmtp.socket_group", "no such group") from None
+    if uid != -1 or gid != -1:
+        os.chown(path, uid, gid)

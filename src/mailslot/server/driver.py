@@ -408,7 +408,11 @@ class Pop3Connection(asyncio.Protocol):
         session = self._session
         stream = self._stream
         assert session is not None and stream is not None
-        while not self._write_paused and not self._closed:
+        transport = self._transport
+        assert transport is not None
+        # is_closing(): a peer that reset the connection makes writes no-ops
+        # before connection_lost arrives; stop reading the file at once.
+        while not self._write_paused and not self._closed and not transport.is_closing():
             chunk = b"" if session.message_complete else stream.read(MESSAGE_CHUNK)
             if not chunk:
                 self._stream = None
