@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import poplib
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -319,3 +321,62 @@ def test_server_never_leaks_file_descriptors(settings: Settings, server: ThreadS
         login(server, "bob").quit()
     time.sleep(0.2)
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+def test_login_delay_is_enforced_after_the_credentials(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "d", pop3__login_delay=30)
+    add_user(settings, "bob", PASSWORD)
+    with running(settings) as srv:
+        client = poplib.POP3(*srv.address, timeout=30)
+        assert client.capa()["LOGIN-DELAY"] == ["30"]
+        client.user("bob")
+        client.pass_(PASSWORD)
+        client.quit()
+        client = poplib.POP3(*srv.address, timeout=30)
+        client.user("bob")
+        with pytest.raises(poplib.error_proto) as exc:
+            client.pass_("wrong")
+        assert exc.value.args[0] == b"-ERR [AUTH] Authentication failed"  # no hint
+        client.user("bob")
+        with pytest.raises(poplib.error_proto) as exc:
+            client.pass_(PASSWORD)
+        assert exc.value.args[0] == b"-ERR [LOGIN-DELAY] Logged in too recently, try later"
+        client.quit()
+
+
+def test_connections_per_address_are_capped(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "d", server__max_connections_per_ip=2)
+    with running(settings) as srv:
+        a, b = srv.connect(), srv.connect()
+        recv_until(a, b"\r\n")
+        recv_until(b, b"\r\n")
+        with srv.connect() as c:
+            assert (
+                recv_until(c, b"\r\n")
+                == b"-ERR [SYS/TEMP] Too many connections from your address\r\n"
+            )
+        other = socket.create_connection(srv.address, timeout=10, source_address=("127.0.0.2", 0))
+        assert recv_until(other, b"\r\n").startswith(b"+OK")
+        for sock in (a, b, other):
+            sock.close()
+
+
+def test_one_log_line_per_session(
+    settings: Settings, server: ThreadServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailslot.pop3")
+    message = b"Subject: logged\r\n\r\nx\r\n"
+    deliver(settings, "bob", message)
+    client = login(server, "bob")
+    client.retr(1)
+    client.dele(1)
+    client.quit()
+    time.sleep(0.1)
+    lines = [r.getMessage() for r in caplog.records if "session end" in r.getMessage()]
+    assert len(lines) == 1
+    assert re.fullmatch(
+        rf"pop3: session end user=bob@localhost remote=127\.0\.0\.1 reason=quit "
+        rf"retr=1/{len(message)} top=0 dele=1/{len(message)} messages=1/{len(message)} "
+        r"commands=\d+ bad=0",
+        lines[0],
+    ), lines[0]

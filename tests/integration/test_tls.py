@@ -7,6 +7,8 @@ import base64
 import hashlib
 import hmac
 import poplib
+import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -20,7 +22,14 @@ import scramp
 
 from mailslot.config import Settings
 from mailslot.pop3.apop import apop_digest
-from tests.helpers.server import ThreadServer, add_user, deliver, running
+from tests.helpers.server import (
+    ProcessServer,
+    ThreadServer,
+    add_user,
+    deliver,
+    running,
+    write_config,
+)
 from tests.helpers.tls import Pki, make_pki, tls_settings
 
 PASSWORD = "tls pass \t with tab"
@@ -360,3 +369,37 @@ def test_unknown_user_and_wrong_password_take_the_same_time(tmp_path: Path, pki:
     a, b = statistics.median(known), statistics.median(unknown)
     print(f"\nwrong password {a * 1000:.1f} ms, unknown user {b * 1000:.1f} ms")
     assert abs(a - b) < 0.5 * max(a, b), (a, b)
+
+
+def test_sighup_reloads_the_certificate_without_dropping_sessions(tmp_path: Path) -> None:
+    old = make_pki(tmp_path / "old")
+    config = write_config(
+        tmp_path / "data",
+        tls__cert=str(old.cert),
+        tls__key=str(old.key),
+        pop3s__listen=["127.0.0.1:0"],
+    )
+    srv = ProcessServer(config)
+    try:
+        address = srv.addresses["pop3s"]
+        session = poplib.POP3_SSL(*address, context=old.client_context(), timeout=30)
+        new = make_pki(tmp_path / "new")  # another CA: the old trust cannot verify it
+        shutil.copyfile(new.cert, old.cert)
+        shutil.copyfile(new.key, old.key)
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                fresh = poplib.POP3_SSL(*address, context=new.client_context(), timeout=30)
+                break
+            except ssl.SSLCertVerificationError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        fresh.quit()
+        assert "USER" in session.capa()  # the old session is still there
+        session.quit()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            poplib.POP3_SSL(*address, context=old.client_context(), timeout=30)
+    finally:
+        srv.stop()
+    assert any("SIGHUP: reloaded" in line for line in srv.lines)
