@@ -244,6 +244,9 @@ class Settings:
         "auth.store_secrets", False, _bool, "keep recoverable secrets for APOP/CRAM-MD5"
     )
     rehash: bool = _opt("auth.rehash", True, _bool, "upgrade old hashes to argon2id on login")
+    cache_ttl: float = _opt(
+        "auth.cache_ttl", 0.0, _seconds(0), "seconds a verified login is remembered; 0 = off"
+    )
     penalty_max_delay: float = _opt(
         "auth.penalty_max_delay", 15.0, _seconds(0), "longest delay after failed logins"
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailslot.config import Settings
+from mailslot.server.app import open_user_db
 from tests.helpers.server import ThreadServer, add_user, deliver, make_settings, running
 
 PASSWORD = "correct horse"
@@ -380,3 +381,22 @@ def test_one_log_line_per_session(
         r"commands=\d+ bad=0",
         lines[0],
     ), lines[0]
+
+
+def test_credential_cache_skips_the_hash_but_not_a_wrong_password(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "d", auth__cache_ttl=60)
+    add_user(settings, "bob", PASSWORD)
+    with running(settings) as srv:
+        login(srv, "bob").quit()
+        # Change the password behind the server's back: the cached login
+        # still works until it expires, a wrong password never does.
+        with open_user_db(settings) as users:
+            users.set_password("bob", "new password")
+        login(srv, "bob").quit()
+        client = poplib.POP3(*srv.address, timeout=30)
+        client.user("bob")
+        with pytest.raises(poplib.error_proto):
+            client.pass_("wrong")
+        client.user("bob")
+        assert client.pass_("new password").startswith(b"+OK")
+        client.quit()

@@ -28,7 +28,7 @@ from mailslot.config import Address, ConfigError, Settings
 from mailslot.delivery.lmtp import LmtpSessionOptions
 from mailslot.pop3.session import SessionOptions
 from mailslot.server import tls
-from mailslot.server.backend import StoreBackend
+from mailslot.server.backend import CredentialCache, StoreBackend
 from mailslot.server.driver import DriverOptions, Pop3Connection
 from mailslot.server.lmtp import LmtpListener, LmtpOptions, UserDBResolver
 from mailslot.store.maildir import MaildirStore
@@ -175,6 +175,7 @@ class MailslotServer:
                 window=settings.penalty_window,
             ),
             login_delay=settings.login_delay,
+            cache=CredentialCache(ttl=settings.cache_ttl) if settings.cache_ttl else None,
         )
         self._session_options = SessionOptions(
             expire=settings.expire,

@@ -14,10 +14,13 @@ neither timing nor wording tells which accounts exist.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
@@ -50,6 +53,7 @@ class StoreBackend:
         default_domain: str,
         penalties: FailedLoginTracker,
         login_delay: int = 0,
+        cache: CredentialCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
@@ -59,6 +63,7 @@ class StoreBackend:
         self._default_domain = default_domain
         self._penalties = penalties
         self._login_delay = login_delay
+        self._cache = cache
         self._clock = clock
         self._counter = itertools.count()
 
@@ -76,8 +81,19 @@ class StoreBackend:
         if self._penalties.blocked(remote):
             await self._fail(remote, username, "blocked")
             return None
-        account = await self._in_auth_pool(self._users.verify, username, password)
+        account = await self._verify(username, password)
         return await self._settle(account, remote, username)
+
+    async def _verify(self, username: str, password: str) -> Account | None:
+        cache = self._cache
+        if cache is not None:
+            hit = cache.get(username, password)
+            if hit is not None:
+                return hit
+        account = await self._in_auth_pool(self._users.verify, username, password)
+        if cache is not None and account is not None:
+            cache.put(username, password, account)
+        return account
 
     async def apop(self, username: str, digest: str, timestamp: str, remote: str) -> str | None:
         if self._penalties.blocked(remote):
@@ -99,8 +115,7 @@ class StoreBackend:
     async def sasl_fulfil(self, step: sasl.Step) -> object:
         match step:
             case sasl.VerifyPassword(authcid=authcid, password=password):
-                account = await self._in_auth_pool(self._users.verify, authcid, password)
-                return account is not None
+                return await self._verify(authcid, password) is not None
             case sasl.LookupSecret(authcid=authcid):
                 return await self._in_auth_pool(self._users.secret, authcid)
             case sasl.LookupScram(authcid=authcid, hash_name=hash_name):
@@ -171,6 +186,56 @@ class StoreBackend:
         # Releasing a lock is a close(2): fast enough for the loop, and it
         # must happen even while the connection is being torn down.
         maildrop.close()
+
+
+class CredentialCache:
+    """Verified logins for a short time, like Dovecot's auth cache.
+
+    The key is HMAC-SHA-256 over login and password with a key that lives only
+    in this process: neither the password nor anything that could be tested
+    offline against it is kept.  Only successes are cached, so a wrong
+    password always costs a full check (and its penalty).  A password changed
+    meanwhile keeps working for at most ``ttl`` seconds; the cache is bounded
+    (oldest entries go first).
+    """
+
+    def __init__(
+        self, *, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._clock = clock
+        self._key = os.urandom(32)
+        self._entries: OrderedDict[bytes, tuple[Account, float]] = OrderedDict()
+
+    def _digest(self, login: str, password: str) -> bytes:
+        data = (
+            login.encode("utf-8", "surrogatepass")
+            + b"\0"
+            + password.encode("utf-8", "surrogatepass")
+        )
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+    def get(self, login: str, password: str) -> Account | None:
+        key = self._digest(login, password)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        account, expires = entry
+        if self._clock() >= expires:
+            del self._entries[key]
+            return None
+        return account
+
+    def put(self, login: str, password: str, account: Account) -> None:
+        key = self._digest(login, password)
+        self._entries[key] = (account, self._clock() + self._ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _close_if_opened(future: asyncio.Future[Maildrop]) -> None:
