@@ -303,6 +303,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"mailslot {__version__} quickstart in {root}")
     print(f"  config:   {config}")
     print(f"  TLS:      {cert} (self-signed, SHA-256 {fingerprint(cert)})")
+    for lmtp in settings.lmtp_listen:
+        print(f"  LMTP:     {lmtp} (point your MTA's delivery here)")
     if password is not None:
         print(f"  user:     {DEMO_USER}   password: {password}   (shown once; keep it)")
     else:
