@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from mailslot.server.lmtp import (
     UserDBResolver,
 )
 from mailslot.store.maildir import MaildirStore
+from tests.helpers.loop_thread import LoopThread
 
 HOSTNAME = "mx.test"
 DELIVERED = DeliveryResult(True, 250, "2.0.0", "Delivered")
@@ -151,7 +151,7 @@ def add_users(settings: Settings, password: str, *names: str) -> list[Account]:
 
 
 @dataclass
-class LmtpThreadServer:
+class LmtpThreadServer(LoopThread):
     """An ``LmtpListener`` on its own event loop in a thread."""
 
     settings: Settings
@@ -161,31 +161,7 @@ class LmtpThreadServer:
     store: DeliveryStore | None = None  # default: the settings' MaildirStore
     address: tuple[str, int] = ("", 0)
     listener: LmtpListener | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _error: BaseException | None = None
     _stop: asyncio.Event | None = None
-
-    def start(self) -> LmtpThreadServer:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("LMTP server did not start")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-        finally:
-            loop.close()
 
     async def _main(self) -> None:
         users = open_users(self.settings)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -21,6 +20,7 @@ from pathlib import Path
 from mailslot.auth import Account
 from mailslot.config import Settings, load_settings
 from mailslot.server.app import MailslotServer, open_store, open_user_db
+from tests.helpers.loop_thread import LoopThread
 
 # Cheap argon2 parameters keep hundreds of logins fast in tests.
 FAST_HASH = {"auth.argon2_time_cost": 1, "auth.argon2_memory_kib": 8}
@@ -62,37 +62,13 @@ def deliver(settings: Settings, name: str, message: bytes) -> str:
 
 
 @dataclass
-class ThreadServer:
+class ThreadServer(LoopThread):
     """A ``MailslotServer`` running on its own event loop in a thread."""
 
     settings: Settings
     address: tuple[str, int] = ("", 0)
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     server: MailslotServer | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _error: BaseException | None = None
-
-    def start(self) -> ThreadServer:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("server did not start")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-        finally:
-            loop.close()
 
     async def _main(self) -> None:
         self.server = MailslotServer(self.settings)
