@@ -414,14 +414,21 @@ class Pop3Connection(asyncio.Protocol):
         # before connection_lost arrives; stop reading the file at once.
         while not self._write_paused and not self._closed and not transport.is_closing():
             chunk = b"" if session.message_complete else stream.read(MESSAGE_CHUNK)
-            if not chunk:
-                self._stream = None
-                stream.close()
-                session.send(MessageEnd())
-                self._flush()
-                return
-            session.send(MessageData(chunk))
+            if chunk:
+                session.send(MessageData(chunk))
+                if len(chunk) < MESSAGE_CHUNK and not session.message_complete:
+                    # Short read: most likely the end.  Read on before writing,
+                    # so a small message goes out in one write with its status
+                    # line and terminator.
+                    continue
+                if not session.message_complete:
+                    self._flush()
+                    continue
+            self._stream = None
+            stream.close()
+            session.send(MessageEnd())
             self._flush()
+            return
 
     # ------------------------------------------------------------ plumbing
 
