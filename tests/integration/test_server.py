@@ -400,3 +400,22 @@ def test_credential_cache_skips_the_hash_but_not_a_wrong_password(tmp_path: Path
         client.user("bob")
         assert client.pass_("new password").startswith(b"+OK")
         client.quit()
+
+
+def test_a_client_that_stops_reading_is_cut_off_by_autologout(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "d", pop3__autologout=1)
+    add_user(settings, "bob", PASSWORD)
+    deliver(settings, "bob", b"Subject: big\r\n\r\n" + b"z" * (16 << 20) + b"\r\n")
+    with running(settings) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(srv.address)
+        recv_until(sock, b"\r\n")
+        sock.sendall(f"USER bob\r\nPASS {PASSWORD}\r\nRETR 1\r\n".encode())
+        time.sleep(3.5)  # never read: the server's writes stall
+        client = poplib.POP3(*srv.address, timeout=30)
+        client.user("bob")
+        assert client.pass_(PASSWORD).startswith(b"+OK")  # the lock was released
+        client.quit()
+        sock.close()

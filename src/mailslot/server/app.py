@@ -124,7 +124,7 @@ class ConnectionRegistry:
             await asyncio.sleep(interval)
             deadline = self.now() - self._autologout
             for connection in [c for c in self._connections if c.last_active < deadline]:
-                if not connection.busy:
+                if not connection.waiting_on_server:
                     connection.timed_out()
 
     def shutdown_all(self) -> None:

@@ -222,14 +222,21 @@ class Pop3Connection(asyncio.Protocol):
         return self._session.statistics() if self._session is not None else None
 
     @property
-    def busy(self) -> bool:
-        return self._task is not None or self._stream is not None
+    def waiting_on_server(self) -> bool:
+        """A password check, maildrop open, commit or handshake is running."""
+        return self._task is not None
 
     def timed_out(self) -> None:
-        """Autologout (RFC 1939 §3): close without UPDATE."""
-        if self._session is not None and not self._closed:
-            self._session.timed_out()
-            self._pump()
+        """Autologout (RFC 1939 §3): close without UPDATE.  A client that
+        stopped reading in the middle of a response is cut off at once."""
+        if self._session is None or self._closed:
+            return
+        if self._stream is not None and self._transport is not None:
+            self._reason = "timeout"
+            self._transport.abort()
+            return
+        self._session.timed_out()
+        self._pump()
 
     def shutdown(self) -> None:
         """Server shutdown after the grace period: close; nothing is deleted."""
