@@ -11,11 +11,13 @@ released.  SIGHUP reloads the TLS certificate and key for new connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import grp
 import logging
 import os
 import pwd
+import resource
 import signal
 import ssl
 from collections import Counter
@@ -212,8 +214,29 @@ class MailslotServer:
             handshake_timeout=self._settings.tls_handshake_timeout,
         )
 
+    def _ensure_file_limit(self) -> None:
+        """Each logged-in session holds two descriptors (its socket and its
+        maildrop lock): raise the soft limit towards what the caps need."""
+        settings = self._settings
+        need = 2 * settings.max_connections + settings.lmtp_max_connections + 64
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < need:
+            target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft < need:
+            log.warning(
+                "open-file limit %d is below the %d that server.max_connections = %d needs "
+                "(2 per session); raise it (systemd: LimitNOFILE=)",
+                soft,
+                need,
+                settings.max_connections,
+            )
+
     async def start(self) -> list[Listener]:
         """Bind every listener; returns them with their actual ports."""
+        self._ensure_file_limit()
         self._stopping = asyncio.Event()
         registry = ConnectionRegistry(
             max_connections=self._settings.max_connections,
