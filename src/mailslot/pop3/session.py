@@ -330,6 +330,12 @@ class Session:
         self._out.clear()
         return data
 
+    def data_to_send_parts(self) -> list[bytes]:
+        """Like ``data_to_send`` but unjoined, for a vectored write: a message
+        chunk is not copied again just to glue its status line to it."""
+        parts, self._out = self._out, []
+        return parts
+
     def statistics(self) -> SessionStatistics:
         retrieved, retrieved_octets, top, deleted, deleted_octets = self._stats
         return SessionStatistics(

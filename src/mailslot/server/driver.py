@@ -441,9 +441,12 @@ class Pop3Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         assert self._session is not None
-        data = self._session.data_to_send()
-        if data and self._transport is not None:
-            self._transport.write(data)
+        parts = self._session.data_to_send_parts()
+        if parts and self._transport is not None:
+            if len(parts) == 1:
+                self._transport.write(parts[0])
+            else:
+                self._transport.writelines(parts)
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:
