@@ -403,3 +403,20 @@ def test_sighup_reloads_the_certificate_without_dropping_sessions(tmp_path: Path
     finally:
         srv.stop()
     assert any("SIGHUP: reloaded" in line for line in srv.lines)
+
+
+def test_loopback_may_be_trusted_explicitly(tmp_path: Path, pki: Pki) -> None:
+    strict = tls_settings(tmp_path / "a", pki)
+    trusting = tls_settings(tmp_path / "b", pki, auth__plaintext_on_loopback=True)
+    for settings, allowed in ((strict, False), (trusting, True)):
+        add_user(settings, "alice", PASSWORD)
+        with running(settings) as srv:
+            client = poplib.POP3(*srv.address, timeout=30)
+            assert ("USER" in client.capa()) == allowed
+            if allowed:
+                client.user("alice")
+                assert client.pass_(PASSWORD).startswith(b"+OK")
+            else:
+                with pytest.raises(poplib.error_proto):
+                    client.user("alice")
+            client.quit()
