@@ -298,6 +298,17 @@ def write_config(instance: Instance, *, max_sessions: int, pop3_service_count: i
     )
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def raise_fd_limit(wanted: int = FD_LIMIT) -> int:
     """Raise RLIMIT_NOFILE to ``wanted``, or as far as the hard limit allows
     (raising the hard limit needs CAP_SYS_RESOURCE).  Returns the soft limit."""
@@ -367,13 +378,7 @@ class Server:
     def stop(self, timeout: float = 120) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None

@@ -12,7 +12,6 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dovecot import raise_fd_limit
+from dovecot import raise_fd_limit, terminate
 from seed import DOMAIN
 
 POP3_PORT = 31110
@@ -300,13 +299,7 @@ class Server:
     def stop(self, timeout: float = 60) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self.proc = None
 
     def log_problems(self) -> list[str]:
