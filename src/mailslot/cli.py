@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from mailslot import __version__
 from mailslot.auth import UserDB, UserRecord
 from mailslot.config import DEFAULT_DATA_DIR, ConfigError, Settings, load_settings
+from mailslot.logfmt import printable
 
 EX_OK = 0
 EX_FAIL = 1
@@ -425,7 +426,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 
 def _safe(text: str) -> str:
-    return text.encode("unicode_escape").decode("ascii")[:100]
+    return printable(text)[:100]
 
 
 # ---------------------------------------------------------------- import

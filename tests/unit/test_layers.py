@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "mailslot"
 ALLOWED: dict[str, set[str]] = {
     "wire": set(),
     "config": set(),
+    "logfmt": set(),
     "pop3": {"wire"},
     "sasl": set(),
     "store": {"wire"},

@@ -78,7 +78,8 @@ MAX_MESSAGE_NUMBER_DIGITS = 10  # any longer number is out of range anyway
 MAX_SASL_LINE = 8192 + 2  # a SASL response line; Dovecot's LOGIN_MAX_AUTH_BUF_SIZE
 PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
-LANGUAGES = {"en": "English"}  # RFC 6856 §3: tag → description
+LANGUAGES = {"en": "English"}
+_NOTHING: tuple[bytes, ...] = ()  # RFC 6856 §3: tag → description
 _APOP_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 
 
@@ -330,9 +331,11 @@ class Session:
         self._out.clear()
         return data
 
-    def data_to_send_parts(self) -> list[bytes]:
+    def data_to_send_parts(self) -> Sequence[bytes]:
         """Like ``data_to_send`` but unjoined, for a vectored write: a message
         chunk is not copied again just to glue its status line to it."""
+        if not self._out:
+            return _NOTHING  # the common case after a request: no new list
         parts, self._out = self._out, []
         return parts
 

@@ -28,8 +28,9 @@ from typing import TypeVar
 from mailslot import sasl
 from mailslot.auth import Account, InvalidName, UserDB, parse_login
 from mailslot.auth.penalty import FailedLoginTracker
+from mailslot.logfmt import printable
 from mailslot.pop3.apop import apop_matches
-from mailslot.server.driver import Flow, LoginTooSoon, printable
+from mailslot.server.driver import Flow, LoginTooSoon
 from mailslot.store import Maildrop, MaildropStore
 
 log = logging.getLogger("mailslot.auth")

@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, assert_never, cast
 
+from mailslot.logfmt import printable
 from mailslot.pop3.events import (
     ApopRequested,
     AuthFailed,
@@ -506,15 +507,6 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
-
-
-def printable(text: str | None) -> str:
-    """Escape control characters so a user name cannot forge log lines."""
-    if text is None:
-        return "-"
-    if text.isprintable() and " " not in text:
-        return text
-    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
 
 
 def log_session_end(stats: SessionStatistics, remote: str, reason: str) -> None:

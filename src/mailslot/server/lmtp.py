@@ -66,6 +66,7 @@ from mailslot.delivery.lmtp import (
     RecipientRejected,
     RecipientRequested,
 )
+from mailslot.logfmt import printable
 from mailslot.store import DeliveryError
 
 if TYPE_CHECKING:
@@ -304,7 +305,7 @@ class LmtpConnection:
             log.exception("lmtp: recipient lookup failed, remote=%s", self.remote)
             return LOOKUP_FAILED
         if account is None:
-            log.info("lmtp: unknown recipient to=<%s> remote=%s", _printable(address), self.remote)
+            log.info("lmtp: unknown recipient to=<%s> remote=%s", printable(address), self.remote)
             return UNKNOWN_USER
         self._accounts[account.name] = account
         return RecipientAccepted(account_key=account.name)
@@ -386,19 +387,19 @@ class LmtpConnection:
         except _OverQuota:
             return MAILBOX_FULL
         except DeliveryError as exc:
-            log.error("lmtp: delivery to %s failed: %s", _printable(account.name), exc)
+            log.error("lmtp: delivery to %s failed: %s", printable(account.name), exc)
             if not exc.temporary:
                 return PERMANENT_FAILURE
             return SYSTEM_FULL if _is_full(exc.__cause__) else TEMPORARY_FAILURE
         except Exception:
-            log.exception("lmtp: delivery to %s failed", _printable(account.name))
+            log.exception("lmtp: delivery to %s failed", printable(account.name))
             return TEMPORARY_FAILURE
         log.info(
             "lmtp: delivered from=<%s> to=<%s> size=%d file=%s",
-            _printable(sender),
-            _printable(recipient.address),
+            printable(sender),
+            printable(recipient.address),
             size,
-            _printable(name),
+            printable(name),
         )
         return DELIVERED
 
@@ -446,13 +447,6 @@ def _newline_of(spool: BinaryIO) -> bytes:
 
 def _is_full(exc: BaseException | None) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
-
-
-def _printable(text: str) -> str:
-    """Escape control characters and spaces so a peer cannot forge log lines."""
-    if text.isprintable() and " " not in text:
-        return text
-    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
 
 
 def _log_session_end(connection: LmtpConnection, reason: str) -> None:
