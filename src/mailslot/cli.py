@@ -120,6 +120,22 @@ def _check_root(settings: Settings) -> None:
         )
 
 
+def _hand_over_data(settings: Settings, uid: int, gid: int) -> None:
+    """Give the data directory and the user database (created by root's
+    ``mailslot user add``) to the user the server becomes: it opens more
+    database connections, and creates maildirs, after the switch."""
+    db = str(settings.user_db_path)
+    for path in (str(settings.data_dir), db, db + "-wal", db + "-shm"):
+        try:
+            if os.stat(path).st_uid == 0:
+                os.chown(path, uid, gid)
+                log.info("handed %s to uid %d", path, uid)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise CliError(f"cannot hand {path} to server.user: {exc.strerror}") from None
+
+
 def _drop_privileges(settings: Settings) -> None:
     """After binding privileged ports, become ``server.user``."""
     if os.geteuid() != 0 or settings.run_user is None:
@@ -129,6 +145,7 @@ def _drop_privileges(settings: Settings) -> None:
         gid = grp.getgrnam(settings.run_group).gr_gid if settings.run_group else account.pw_gid
     except KeyError as exc:
         raise CliError(f"server.user/group: no such user or group: {exc}", EX_USAGE) from None
+    _hand_over_data(settings, account.pw_uid, gid)
     os.setgroups([])
     os.setgid(gid)
     os.setuid(account.pw_uid)
@@ -153,6 +170,10 @@ async def _serve(settings: Settings, *, ready: Callable[[], None] | None = None)
     except ConfigError as exc:
         raise CliError(f"config error: {exc}", EX_USAGE) from None
     _drop_privileges(settings)
+    try:
+        server.prepare_storage()
+    except ConfigError as exc:
+        raise CliError(f"config error: {exc}", EX_USAGE) from None
     server.install_signal_handlers()
     for listener in listeners:
         print(f"mailslot: {listener.protocol} listening on {listener.address}", file=sys.stderr)
@@ -175,7 +196,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        open_store(settings)
+        store = open_store(settings)
     except ValueError as exc:
         raise CliError(f"config error: storage.mail_location: {exc}", EX_USAGE) from None
     files = tls_files(settings)
@@ -194,6 +215,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if settings.lmtp_socket:
         print(f"  lmtp socket {settings.data_path(settings.lmtp_socket)}")
     print(f"  mail location {settings.mail_template}")
+    print(f"  maildrop locks {store.locks.path}")
     print(f"  user database {settings.user_db_path}")
     return EX_OK
 
@@ -446,19 +468,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     if record is None:
         raise CliError(f"no such user: {_safe(args.user)} (add it first)", EX_NOUSER)
     account = record.account
-    target = Path(open_store(settings).maildir_path(account.user, account.domain))
+    store = open_store(settings)
+    target = Path(store.maildir_path(account.user, account.domain))
     source = Path(args.source)
     try:
         if args.source_format == "dovecot":
             report = migrate.import_dovecot_maildir(
-                source, target, uidl_format=args.uidl_format, dry_run=args.dry_run, merge=args.merge
+                source,
+                target,
+                locks=store.locks,
+                uidl_format=args.uidl_format,
+                dry_run=args.dry_run,
+                merge=args.merge,
             )
         elif args.source_format == "courier":
             report = migrate.import_courier_maildir(
-                source, target, dry_run=args.dry_run, merge=args.merge
+                source, target, locks=store.locks, dry_run=args.dry_run, merge=args.merge
             )
         else:
-            report = migrate.import_mbox(source, target, dry_run=args.dry_run, merge=args.merge)
+            report = migrate.import_mbox(
+                source, target, locks=store.locks, dry_run=args.dry_run, merge=args.merge
+            )
     except migrate.MigrationError as exc:
         raise CliError(f"import failed: {exc}") from None
     except ValueError as exc:

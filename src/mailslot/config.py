@@ -220,6 +220,12 @@ class Settings:
     mail_location: str = _opt(
         "storage.mail_location", DEFAULT_MAIL_LOCATION, _location, "Maildir path template"
     )
+    lock_file: str | None = _opt(
+        "storage.lock_file",
+        None,
+        _optional_str,
+        "maildrop locks (default: mailslot.locks below the location's fixed part)",
+    )
     tls_cert: str | None = _opt("tls.cert", None, _optional_str, "certificate chain (PEM)")
     tls_key: str | None = _opt("tls.key", None, _optional_str, "private key (PEM)")
     tls_min_version: str = _opt("tls.min_version", "TLSv1.2", _tls_version, "oldest TLS")
@@ -277,6 +283,13 @@ class Settings:
     def mail_template(self) -> str:
         """The mail location with ``{data_dir}`` filled in."""
         return self.mail_location.replace("{data_dir}", str(self.data_dir))
+
+    @property
+    def lock_path(self) -> str | None:
+        """``storage.lock_file`` with ``{data_dir}`` filled in, relative to it."""
+        if self.lock_file is None:
+            return None
+        return str(self.data_path(self.lock_file.replace("{data_dir}", str(self.data_dir))))
 
     @property
     def greeting_hostname(self) -> str:

@@ -11,6 +11,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -214,25 +215,48 @@ def test_refuses_to_serve_as_root(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_drops_privileges_after_binding(tmp_path: Path) -> None:
+def test_drops_privileges_after_binding() -> None:
+    """Root binds, then serves as ``nobody``: users added by root still log
+    in, and mail is read and deleted as ``nobody``."""
     nobody = pwd.getpwnam("nobody")
-    data = tmp_path / "data"
-    data.mkdir()
-    os.chown(data, nobody.pw_uid, nobody.pw_gid)
-    tmp_path.chmod(0o755)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[server]\ndata_dir = "{data}"\nuser = "nobody"\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
-    )
-    srv = ProcessServer(config)
-    try:
-        status = Path(f"/proc/{srv.proc.pid}/status").read_text()
-        uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.MULTILINE)
-        assert uids and {int(u) for u in uids.groups()} == {nobody.pw_uid}
-        with socket.create_connection(srv.address, timeout=10) as sock:
-            assert sock.recv(100).startswith(b"+OK")
-    finally:
-        srv.stop()
+    # Not under pytest's tmp_path: its parents are closed to other users.
+    with tempfile.TemporaryDirectory(prefix="mailslot-user-") as top:
+        root = Path(top)
+        root.chmod(0o755)
+        data = root / "data"
+        config = root / "config.toml"
+        config.write_text(
+            f'[server]\ndata_dir = "{data}"\nuser = "nobody"\n'
+            '[pop3]\nlisten = ["127.0.0.1:0"]\n[lmtp]\nlisten = ["127.0.0.1:0"]\n'
+            "[auth]\nplaintext_without_tls = true\nargon2_time_cost = 1\n"
+            "argon2_memory_kib = 64\n"
+        )
+        added = cli("user", "add", "-c", str(config), "alice", "--password-stdin", stdin=b"pw\n")
+        assert added.returncode == 0, added.stderr
+        srv = ProcessServer(config)
+        try:
+            host, port = srv.addresses["lmtp"]
+            with smtplib.LMTP(host, port) as lmtp:
+                lmtp.sendmail("a@b.test", ["alice"], b"Subject: hi\r\n\r\nbody\r\n")
+            status = Path(f"/proc/{srv.proc.pid}/status").read_text()
+            uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.MULTILINE)
+            assert uids and {int(u) for u in uids.groups()} == {nobody.pw_uid}
+            for _attempt in range(2):  # the second login needs a second DB connection
+                client = poplib.POP3(*srv.address, timeout=10)
+                client.user("alice")
+                client.pass_("pw")
+                assert client.stat()[0] == 1
+                client.quit()
+            client = poplib.POP3(*srv.address, timeout=10)
+            client.user("alice")
+            client.pass_("pw")
+            assert b"body" in client.retr(1)[1]
+            client.dele(1)
+            client.quit()
+        finally:
+            srv.stop()
+        assert (data / "users.sqlite3").stat().st_uid == nobody.pw_uid
+        assert (data / "mail" / "mailslot.locks").stat().st_uid == nobody.pw_uid
 
 
 def test_quickstart_then_curl(tmp_path: Path) -> None:

@@ -89,7 +89,9 @@ def test_dovecot_maildir_served_with_dovecot_uidls(tmp_path: Path, settings: Set
         f"9 PXUIDL-kept-by-dovecot :{names[2]}\n"
         f"11 :{names[3]}\n"
     )
-    report = import_dovecot_maildir(source, target_for(settings, "alice@example.org"))
+    report = import_dovecot_maildir(
+        source, target_for(settings, "alice@example.org"), locks=open_store(settings).locks
+    )
     assert (report.messages, report.uidls_kept, report.skipped) == (4, 4, [])
 
     uidls, sizes, bodies = fetch_all(settings, "alice@example.org")
@@ -122,7 +124,9 @@ def test_courier_maildir_served_with_courier_uidls(tmp_path: Path, settings: Set
         f"{names[1]}:2,S 80 2:{VALIDITY}:0\n"
         f"{names[2]}:2,S 52 3:{VALIDITY}:0\n".encode()
     )
-    report = import_courier_maildir(source, target_for(settings, "alice@example.org"))
+    report = import_courier_maildir(
+        source, target_for(settings, "alice@example.org"), locks=open_store(settings).locks
+    )
     assert (report.messages, report.uidls_kept, report.uidls_new) == (4, 3, 1)
 
     uidls, sizes, bodies = fetch_all(settings, "alice@example.org")
@@ -144,7 +148,9 @@ def test_mbox_served_with_x_uidls(tmp_path: Path, settings: Settings) -> None:
         parts.append(b"\n" if body.endswith(b"\n") else b"\n\n")
     mbox.write_bytes(b"".join(parts))
 
-    report: ImportReport = import_mbox(mbox, target_for(settings, "alice@example.org"))
+    report: ImportReport = import_mbox(
+        mbox, target_for(settings, "alice@example.org"), locks=open_store(settings).locks
+    )
     assert (report.messages, report.uidls_kept, report.uidls_new) == (4, 3, 1)
 
     uidls, sizes, bodies = fetch_all(settings, "alice@example.org")

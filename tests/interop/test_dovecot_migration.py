@@ -241,8 +241,9 @@ def test_dovecot_uidls_survive_the_migration(
 
     settings = make_settings(tmp_path / "data")
     add_user(settings, USER, PASSWORD)
-    target = Path(open_store(settings).maildir_path(USER, settings.default_domain))
-    report = import_dovecot_maildir(maildir, target, uidl_format=import_format)
+    store = open_store(settings)
+    target = Path(store.maildir_path(USER, settings.default_domain))
+    report = import_dovecot_maildir(maildir, target, locks=store.locks, uidl_format=import_format)
     assert report.messages == len(seen) + 1
     assert report.uidls_kept == len(seen)
     assert report.skipped == []

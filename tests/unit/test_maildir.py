@@ -30,8 +30,9 @@ from mailslot.store import (
     MessageGone,
 )
 from mailslot.store import maildir as maildir_module
+from mailslot.store.location import LocationTemplate
+from mailslot.store.locks import LOCKS_NAME, MaildropLocks, lock_offset
 from mailslot.store.maildir import (
-    LOCK_NAME,
     UIDLIST_NAME,
     MaildirMaildrop,
     MaildirStore,
@@ -114,6 +115,22 @@ def test_template_expansion(tmp_path: Path, store: MaildirStore) -> None:
     assert store.maildir_path("bob", "example.org") == f"{tmp_path}/example.org/bob/Maildir"
     braces = MaildirStore(f"{tmp_path}/{{{{x}}}}/{{user}}")
     assert braces.maildir_path("bob", "") == f"{tmp_path}/{{x}}/bob"
+
+
+@pytest.mark.parametrize(
+    ("template", "root"),
+    [
+        ("/srv/mail/{domain}/{user}/Maildir", "/srv/mail"),
+        ("/srv/mail/u-{user}/Maildir", "/srv/mail"),
+        ("/srv/mail//x/{user}", "/srv/mail/x"),
+        ("/srv/{{x}}/{user}", "/srv/{x}"),
+        ("/srv/one/Maildir", "/srv/one"),
+        ("/{user}", "/"),
+    ],
+)
+def test_template_root_holds_the_lock_file(template: str, root: str) -> None:
+    assert LocationTemplate(template).root == root
+    assert MaildirStore(template).locks.path == os.path.realpath(os.path.join(root, LOCKS_NAME))
 
 
 @pytest.mark.parametrize(
@@ -205,18 +222,19 @@ def test_lock_conflict_between_threads(store: MaildirStore) -> None:
     winners[0].close()
 
 
+HOLDER = """
+import sys
+from mailslot.store.locks import MaildropLocks
+lock = MaildropLocks.for_path(sys.argv[1]).acquire(sys.argv[2])
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
 def test_lock_conflict_across_processes(store: MaildirStore, maildir: Path) -> None:
     drop(store).close()
     with subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys\n"
-            f"fd = os.open({str(maildir / LOCK_NAME)!r}, os.O_RDWR)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
+        [sys.executable, "-c", HOLDER, store.locks.path, str(maildir)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     ) as holder:
@@ -226,11 +244,53 @@ def test_lock_conflict_across_processes(store: MaildirStore, maildir: Path) -> N
             with pytest.raises(MaildropBusy):
                 drop(store)
             deliver(store, b"delivery does not wait\n")
+            # Another maildrop of the same store is free meanwhile.
+            store.open("carol", "example.org").close()
         finally:
             holder.stdin.close()  # the holder exits, its lock goes with it
             holder.wait(timeout=10)
     with drop(store) as md:
         assert len(md.messages) == 1
+
+
+def test_lock_holds_no_descriptor_per_session(store: MaildirStore) -> None:
+    before = open_fds()
+    drops = [store.open(f"user{n}", "example.org") for n in range(200)]
+    assert open_fds() == before + 1  # the shared lock file, once
+    assert len(store.locks) == 200
+    for md in drops[:199]:
+        md.close()
+    assert open_fds() == before + 1  # still held by the last session
+    with pytest.raises(MaildropBusy):
+        store.open("user199", "example.org")
+    drops[199].close()
+    assert open_fds() == before and len(store.locks) == 0
+
+
+def test_lock_is_shared_by_stores_of_one_root(tmp_path: Path, store: MaildirStore) -> None:
+    """Two stores (say the server's and the import's) spelling the root
+    differently still exclude each other within one process."""
+    other = MaildirStore(f"{tmp_path}/./{{domain}}/../{{domain}}/{{user}}/Maildir")
+    assert other.locks is store.locks
+    with drop(store), pytest.raises(MaildropBusy):
+        other.open("bob", "example.org")
+
+
+def test_lock_offset_depends_on_the_path_only() -> None:
+    assert lock_offset("/srv/mail/a/Maildir") == lock_offset("/srv/mail//a/./Maildir/")
+    assert lock_offset("/srv/mail/a/Maildir") != lock_offset("/srv/mail/b/Maildir")
+    offsets = {lock_offset(f"/srv/mail/u{n}/Maildir") for n in range(10_000)}
+    assert len(offsets) == 10_000 and all(0 <= o < 2**62 for o in offsets)
+
+
+def test_unusable_lock_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    store = MaildirStore(f"{tmp_path}/{{user}}", lock_file=str(tmp_path / "file" / "locks"))
+    with pytest.raises(OSError):
+        store.locks.prepare()
+    with pytest.raises(MaildropUnavailable, match="cannot lock"):
+        store.open("bob", "")
+    assert MaildropLocks.for_path(tmp_path / "file" / "locks") is store.locks
 
 
 def open_fds() -> int:
@@ -269,9 +329,7 @@ def test_failed_uidlist_write_releases_lock_and_keeps_old_list(
             drop(store)
     assert not failed.value.permanent
     assert (maildir / UIDLIST_NAME).read_bytes() == old
-    assert sorted(p.name for p in maildir.iterdir() if p.is_file()) == sorted(
-        [LOCK_NAME, UIDLIST_NAME]
-    )
+    assert [p.name for p in maildir.iterdir() if p.is_file()] == [UIDLIST_NAME]
     with drop(store) as md:
         assert len(md.messages) == 2
 
@@ -439,9 +497,7 @@ def test_uidlist_replaced_atomically(store: MaildirStore, maildir: Path) -> None
     deliver(store, b"y\n")
     drop(store).close()
     assert uidlist.stat().st_ino != inode  # renamed over, not rewritten in place
-    assert sorted(p.name for p in maildir.iterdir() if p.is_file()) == sorted(
-        [LOCK_NAME, UIDLIST_NAME]
-    )
+    assert [p.name for p in maildir.iterdir() if p.is_file()] == [UIDLIST_NAME]
     lines = uidlist.read_text().splitlines()
     assert lines[0].startswith("mailslot-uidlist 1 ")
     assert len(lines) == 3
@@ -466,12 +522,13 @@ def test_import_uids(store: MaildirStore, maildir: Path) -> None:
             ("00000001abcdef12", 3, "1700000000.M1P1.h,S=2,W=3"),
         ],
         next_uid=10,
+        lock=store.locks,
     )
     with drop(store) as md:
         got = [(m.uid, m.size) for m in md.messages]
         assert contents(md)[:2] == [b"b\nc", b"a\n"]
         with pytest.raises(MaildropBusy):
-            import_uids(maildir, [])
+            import_uids(maildir, [], lock=store.locks)
     assert got[:2] == [("00000002abcdef12", 6), ("00000001abcdef12", 3)]
     assert got[2][0].startswith("10.")
     assert uids(store) == [u for u, _ in got]
@@ -490,9 +547,11 @@ def test_import_uids(store: MaildirStore, maildir: Path) -> None:
         [("u1", -1, "a")],
     ],
 )
-def test_import_uids_rejects(maildir: Path, entries: list[tuple[str, int | None, str]]) -> None:
+def test_import_uids_rejects(
+    store: MaildirStore, maildir: Path, entries: list[tuple[str, int | None, str]]
+) -> None:
     with pytest.raises(ValueError):
-        import_uids(maildir, entries)
+        import_uids(maildir, entries, lock=store.locks)
 
 
 # --- the session snapshot ---------------------------------------------------------------------
@@ -700,11 +759,11 @@ def test_deliver_failure_leaves_nothing(
     assert os.listdir(maildir / "new") == []
 
 
-def test_deliver_creates_maildir(store: MaildirStore, maildir: Path) -> None:
+def test_deliver_creates_maildir(store: MaildirStore, maildir: Path, tmp_path: Path) -> None:
     assert not maildir.exists()
     name = deliver(store, b"first\n")
     assert (maildir / "new" / name).exists()
-    assert not (maildir / LOCK_NAME).exists()  # delivery never touches the lock
+    assert not (tmp_path / LOCKS_NAME).exists()  # delivery never touches the locks
 
 
 def test_store_satisfies_protocol(store: MaildirStore) -> None:

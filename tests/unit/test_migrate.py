@@ -239,7 +239,7 @@ def test_dovecot_keeps_uidls_order_sizes_and_bytes(
     dovecot: Path, target: Path, store: MaildirStore
 ) -> None:
     before = tree(dovecot)
-    report = import_dovecot_maildir(dovecot, target)
+    report = import_dovecot_maildir(dovecot, target, locks=store.locks)
     sources = [m for _uid, m in DOVECOT_EXPECTED] + [M9]
     check_report(report, messages=6, kept=5, octets=sum(len(on_the_wire(m)) for m in sources))
     assert report.source == str(dovecot)
@@ -270,7 +270,7 @@ def test_maildir_plus_plus_folders_stay_behind(
     maildir(dovecot / ".Sent", {"cur/1690000000.x:2,S": M1})
     maildir(dovecot / ".Trash", {})
     (dovecot / ".not-a-folder").mkdir()
-    report = import_dovecot_maildir(dovecot, target)
+    report = import_dovecot_maildir(dovecot, target, locks=store.locks)
     assert report.skipped == [
         "2 Maildir++ folder(s) not imported, POP3 serves only INBOX: .Sent, .Trash"
     ]
@@ -297,7 +297,7 @@ def test_dovecot_uidl_format_variants(tmp_path: Path, store: MaildirStore) -> No
     }
     for number, (fmt, expected) in enumerate(cases.items()):
         user_target = Path(store.maildir_path(f"u{number}", "example.org"))
-        report = import_dovecot_maildir(root, user_target, uidl_format=fmt)
+        report = import_dovecot_maildir(root, user_target, uidl_format=fmt, locks=store.locks)
         assert report.uidls_kept == 3, (fmt, report)
         with store.open(f"u{number}", "example.org") as drop:
             assert [m.uid for m in drop.messages] == expected, fmt
@@ -309,7 +309,7 @@ def test_dovecot_pop3_order_field(tmp_path: Path, target: Path, store: MaildirSt
     (root / "dovecot-uidlist").write_text(
         f"3 V9 N5 G{GUID}\n1 O3 :{names[0]}\n2 :{names[1]}\n3 O1 :{names[2]}\n4 O2 :{names[3]}\n"
     )
-    import_dovecot_maildir(root, target, uidl_format="%u")
+    import_dovecot_maildir(root, target, uidl_format="%u", locks=store.locks)
     assert [uid for uid, _size in listing(store)] == ["3", "4", "1", "2"]
 
 
@@ -327,7 +327,7 @@ def test_dovecot_invalid_and_duplicate_uidls_get_new_ones(
         f"5 :{names[4]}\n"
         f"6 Psame-not :{names[5]}\n"
     )
-    report = import_dovecot_maildir(root, target, uidl_format="%u")
+    report = import_dovecot_maildir(root, target, uidl_format="%u", locks=store.locks)
     check_report(report, messages=6, kept=3, octets=6 * len(on_the_wire(M1)), skipped=3)
     assert "uid 2 (" in report.skipped[0] and "not a valid POP3 UIDL" in report.skipped[0]
     assert "uid 3 (" in report.skipped[1] and "duplicates" in report.skipped[1]
@@ -347,7 +347,7 @@ def test_dovecot_md5_format_keeps_only_saved_uidls(
     (root / "dovecot-uidlist").write_text(
         f"3 V9 N3 G{GUID}\n1 Pabcdef0123 :{names[0]}\n2 :{names[1]}\n"
     )
-    report = import_dovecot_maildir(root, target, uidl_format="%m")
+    report = import_dovecot_maildir(root, target, uidl_format="%m", locks=store.locks)
     assert report.uidls_kept == 1 and report.uidls_new == 1
     assert "%m" in report.skipped[0] and names[1] in report.skipped[0]
     got = [uid for uid, _size in listing(store)]
@@ -357,7 +357,7 @@ def test_dovecot_md5_format_keeps_only_saved_uidls(
 def test_dovecot_version_1_uidlist(tmp_path: Path, target: Path, store: MaildirStore) -> None:
     root = maildir(tmp_path / "src", {"cur/1690000000.a:2,S": M1, "cur/1690000001.b": M2})
     (root / "dovecot-uidlist").write_text("1 1700000000 3\n1 1690000000.a:2,S\n2 1690000001.b\n")
-    import_dovecot_maildir(root, target)
+    import_dovecot_maildir(root, target, locks=store.locks)
     assert [uid for uid, _size in listing(store)] == ["000000016553f100", "000000026553f100"]
 
 
@@ -368,13 +368,13 @@ def test_dovecot_file_listed_twice_keeps_the_later_uid(
     (root / "dovecot-uidlist").write_text(
         f"3 V5 N9 G{GUID}\n1 :1690000000.a\n2 :1690000001.b\n8 :1690000000.a\n"
     )
-    import_dovecot_maildir(root, target, uidl_format="%u")
+    import_dovecot_maildir(root, target, uidl_format="%u", locks=store.locks)
     assert [uid for uid, _size in listing(store)] == ["2", "8"]
 
 
 def test_dovecot_without_uidlist(tmp_path: Path, target: Path, store: MaildirStore) -> None:
     root = maildir(tmp_path / "src", {"new/1690000001.b": M2, "cur/1690000000.a:2,": M1})
-    report = import_dovecot_maildir(root, target)
+    report = import_dovecot_maildir(root, target, locks=store.locks)
     check_report(
         report, messages=2, kept=0, octets=len(on_the_wire(M1)) + len(on_the_wire(M2)), skipped=1
     )
@@ -398,48 +398,50 @@ def test_dovecot_without_uidlist(tmp_path: Path, target: Path, store: MaildirSto
     ],
 )
 def test_dovecot_broken_uidlist_is_refused_before_the_target_is_touched(
-    tmp_path: Path, target: Path, uidlist: str
+    tmp_path: Path, target: Path, store: MaildirStore, uidlist: str
 ) -> None:
     root = maildir(tmp_path / "src", {"cur/a:2,": M1, "cur/b:2,": M2})
     (root / "dovecot-uidlist").write_text(uidlist)
     if not uidlist:
-        assert import_dovecot_maildir(root, target, dry_run=True).uidls_new == 2
+        assert import_dovecot_maildir(root, target, dry_run=True, locks=store.locks).uidls_new == 2
         return
     with pytest.raises(MigrationError, match="dovecot-uidlist"):
-        import_dovecot_maildir(root, target)
+        import_dovecot_maildir(root, target, locks=store.locks)
     assert not target.exists()
 
 
-def test_bad_format_or_source_is_refused(tmp_path: Path, dovecot: Path, target: Path) -> None:
+def test_bad_format_or_source_is_refused(
+    tmp_path: Path, dovecot: Path, target: Path, store: MaildirStore
+) -> None:
     with pytest.raises(MigrationError, match="%x"):
-        import_dovecot_maildir(dovecot, target, uidl_format="%08xu%08xv")
+        import_dovecot_maildir(dovecot, target, uidl_format="%08xu%08xv", locks=store.locks)
     with pytest.raises(MigrationError, match="not a Maildir"):
-        import_dovecot_maildir(tmp_path, target)
+        import_dovecot_maildir(tmp_path, target, locks=store.locks)
     with pytest.raises(MigrationError, match="not a directory"):
-        import_courier_maildir(tmp_path / "missing", target)
+        import_courier_maildir(tmp_path / "missing", target, locks=store.locks)
     assert not target.exists()
 
 
 def test_dry_run_writes_nothing_and_reports_the_same(
     dovecot: Path, target: Path, store: MaildirStore
 ) -> None:
-    dry = import_dovecot_maildir(dovecot, target, dry_run=True)
+    dry = import_dovecot_maildir(dovecot, target, dry_run=True, locks=store.locks)
     assert not target.exists()
-    real = import_dovecot_maildir(dovecot, target)
+    real = import_dovecot_maildir(dovecot, target, locks=store.locks)
     assert dry == real
     # A dry run against a filled target tells the refusal in advance.
     with pytest.raises(MigrationError, match="already holds messages"):
-        import_dovecot_maildir(dovecot, target, dry_run=True)
+        import_dovecot_maildir(dovecot, target, dry_run=True, locks=store.locks)
 
 
 def test_importing_twice_is_refused_and_merge_adds_nothing(
     dovecot: Path, target: Path, store: MaildirStore
 ) -> None:
-    import_dovecot_maildir(dovecot, target)
+    import_dovecot_maildir(dovecot, target, locks=store.locks)
     before, files = listing(store), sorted(os.listdir(target / "cur"))
     with pytest.raises(MigrationError, match="already holds messages"):
-        import_dovecot_maildir(dovecot, target)
-    again = import_dovecot_maildir(dovecot, target, merge=True)
+        import_dovecot_maildir(dovecot, target, locks=store.locks)
+    again = import_dovecot_maildir(dovecot, target, merge=True, locks=store.locks)
     check_report(again, messages=0, kept=0, octets=0, skipped=6)
     assert all("already in the target" in line for line in again.skipped)
     assert listing(store) == before
@@ -451,7 +453,7 @@ def test_merge_keeps_existing_messages_first(
 ) -> None:
     store.deliver("alice", "example.org", io.BytesIO(b"Subject: already here\n\nhi\n"))
     existing = listing(store)  # the uid a client may already have seen
-    report = import_dovecot_maildir(dovecot, target, merge=True)
+    report = import_dovecot_maildir(dovecot, target, merge=True, locks=store.locks)
     assert report.messages == 6
     got = listing(store)
     assert got[0] == existing[0]
@@ -461,9 +463,9 @@ def test_merge_keeps_existing_messages_first(
 def test_a_pop3_session_blocks_the_import(dovecot: Path, target: Path, store: MaildirStore) -> None:
     with store.open("alice", "example.org"):
         with pytest.raises(MigrationError, match="in use"):
-            import_dovecot_maildir(dovecot, target)
+            import_dovecot_maildir(dovecot, target, locks=store.locks)
         assert os.listdir(target / "cur") == os.listdir(target / "tmp") == []
-    import_dovecot_maildir(dovecot, target)
+    import_dovecot_maildir(dovecot, target, locks=store.locks)
     assert [uid for uid, _size in listing(store)][:5] == [u for u, _m in DOVECOT_EXPECTED]
 
 
@@ -480,14 +482,14 @@ def test_no_session_can_open_the_maildrop_before_the_uid_list_is_written(
         real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(migrate, "import_uids", checked)
-    report = import_dovecot_maildir(dovecot, target)
+    report = import_dovecot_maildir(dovecot, target, locks=store.locks)
     assert attempts == ["refused"]
     with store.open("alice", "example.org") as drop:
         assert len(drop.messages) == report.messages
 
 
 def test_a_copy_failure_leaves_nothing_behind(
-    dovecot: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+    dovecot: Path, target: Path, store: MaildirStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_fsync, calls = os.fsync, []
 
@@ -499,7 +501,7 @@ def test_a_copy_failure_leaves_nothing_behind(
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(MigrationError, match="No space left"):
-        import_dovecot_maildir(dovecot, target)
+        import_dovecot_maildir(dovecot, target, locks=store.locks)
     assert os.listdir(target / "cur") == os.listdir(target / "tmp") == []
 
 
@@ -507,10 +509,10 @@ def test_in_place_import_writes_only_the_uid_list(dovecot: Path, tmp_path: Path)
     """mailslot pointed at the maildirs Dovecot served: nothing to copy."""
     store = MaildirStore(f"{tmp_path}/{{user}}/Maildir")
     before = tree(dovecot)
-    report = import_dovecot_maildir(dovecot, dovecot)
+    report = import_dovecot_maildir(dovecot, dovecot, locks=store.locks)
     assert report.messages == 6 and report.uidls_kept == 5
     after = tree(dovecot)
-    assert set(after) - set(before) == {UIDLIST_NAME, "mailslot.lock"}
+    assert set(after) - set(before) == {UIDLIST_NAME}
     assert all(after[name] == data for name, data in before.items())
     with store.open("dovecot", "") as drop:
         assert [m.uid for m in drop.messages][:5] == [u for u, _m in DOVECOT_EXPECTED]
@@ -518,8 +520,8 @@ def test_in_place_import_writes_only_the_uid_list(dovecot: Path, tmp_path: Path)
             len(on_the_wire(m)) for _u, m in DOVECOT_EXPECTED
         ]
     with pytest.raises(MigrationError, match="already served"):
-        import_dovecot_maildir(dovecot, dovecot)
-    assert import_dovecot_maildir(dovecot, dovecot, merge=True).messages == 0
+        import_dovecot_maildir(dovecot, dovecot, locks=store.locks)
+    assert import_dovecot_maildir(dovecot, dovecot, merge=True, locks=store.locks).messages == 0
 
 
 def test_vanished_and_oddly_named_files_are_skipped(
@@ -536,7 +538,7 @@ def test_vanished_and_oddly_named_files_are_skipped(
         return real_chunks(path)
 
     monkeypatch.setattr(migrate, "_file_chunks", vanishing)
-    report = import_dovecot_maildir(root, target, uidl_format="%u")
+    report = import_dovecot_maildir(root, target, uidl_format="%u", locks=store.locks)
     assert report.messages == 1
     assert any("vanished" in line for line in report.skipped)
     assert any("line end" in line for line in report.skipped)
@@ -578,7 +580,7 @@ def courier(tmp_path: Path) -> Path:
 
 
 def test_courier_keeps_uidls(courier: Path, target: Path, store: MaildirStore) -> None:
-    report = import_courier_maildir(courier, target)
+    report = import_courier_maildir(courier, target, locks=store.locks)
     sources = [M6, M1, M2, M3, M4]
     check_report(report, messages=5, kept=4, octets=sum(len(on_the_wire(m)) for m in sources))
     got = listing(store)
@@ -595,7 +597,7 @@ def test_courier_version_2_list_and_unreadable_lines(
     (root / "courierpop3dsizelist").write_bytes(
         b"/2 3 1700000000\n1690000001.a:2,S 45 1:1700000000\n1690000002.b junk\n"
     )
-    report = import_courier_maildir(root, target)
+    report = import_courier_maildir(root, target, locks=store.locks)
     assert report.uidls_kept == 1 and report.uidls_new == 1
     assert report.skipped == ["courierpop3dsizelist line 3: unreadable, ignored"]
     assert listing(store)[0][0] == "UID1-1700000000"
@@ -613,7 +615,7 @@ def test_courier_without_sizelist_uses_escaped_file_names(
             f"new/{long_name}": M3,
         },
     )
-    report = import_courier_maildir(root, target)
+    report = import_courier_maildir(root, target, locks=store.locks)
     assert report.uidls_kept == 2 and report.uidls_new == 1
     assert "1690000003." in report.skipped[0] and "not a valid POP3 UIDL" in report.skipped[0]
     got = [uid for uid, _size in listing(store)]
@@ -621,11 +623,13 @@ def test_courier_without_sizelist_uses_escaped_file_names(
 
 
 @pytest.mark.parametrize("header", [b"/4 9 1700000000\n", b"1 9 1700000000\n", b"/x\n"])
-def test_courier_unknown_sizelist_is_refused(tmp_path: Path, target: Path, header: bytes) -> None:
+def test_courier_unknown_sizelist_is_refused(
+    tmp_path: Path, target: Path, store: MaildirStore, header: bytes
+) -> None:
     root = maildir(tmp_path / "src", {"cur/1690000001.a:2,S": M1})
     (root / "courierpop3dsizelist").write_bytes(header + b"1690000001.a:2,S 45 1:1:0\n")
     with pytest.raises(MigrationError, match="courierpop3dsizelist"):
-        import_courier_maildir(root, target)
+        import_courier_maildir(root, target, locks=store.locks)
     assert not target.exists()
 
 
@@ -676,7 +680,7 @@ def write_mbox(tmp_path: Path, data: bytes) -> Path:
 
 
 def test_mbox_import(tmp_path: Path, target: Path, store: MaildirStore) -> None:
-    report = import_mbox(write_mbox(tmp_path, MBOX), target)
+    report = import_mbox(write_mbox(tmp_path, MBOX), target, locks=store.locks)
     check_report(report, messages=3, kept=2, octets=sum(len(on_the_wire(m)) for m in MBOX_MESSAGES))
     got = listing(store)
     assert got[0] == ("4d3b2f1a9c8e7d6c5b4a39281706f5e4", len(on_the_wire(MBOX_MESSAGES[0])))
@@ -706,7 +710,7 @@ def test_mbox_duplicate_invalid_and_pseudo_messages(
         b"From d Mon Nov 13 22:13:24 2023\nX-UIDL: \xe9t\xe9\n\nfour\n\n"
         b"From e Mon Nov 13 22:13:25 2023\nSubject: x\n\nX-UIDL: in the body: ignored\n"
     )
-    report = import_mbox(write_mbox(tmp_path, data), target)
+    report = import_mbox(write_mbox(tmp_path, data), target, locks=store.locks)
     assert report.messages == 5 and report.uidls_kept == 1
     assert [line.split(":")[0] for line in report.skipped] == [
         "message 1",
@@ -724,31 +728,35 @@ def test_mbox_long_lines_and_empty_files(tmp_path: Path, target: Path, store: Ma
     long_line = b"y" * (migrate._CHUNK * 2 + 123)
     message = b"Subject: long\n\n" + long_line + b"\n>From " + long_line + b"\n"
     data = b"From " + b"s" * (migrate._CHUNK + 5) + b"\n" + message + b"\nFrom x\n\nshort\n"
-    report = import_mbox(write_mbox(tmp_path, data), target)
+    report = import_mbox(write_mbox(tmp_path, data), target, locks=store.locks)
     assert report.messages == 2
     assert contents(store) == [message.replace(b"\n>From ", b"\nFrom "), b"\nshort\n"]
-    empty = import_mbox(write_mbox(tmp_path, b""), Path(store.maildir_path("bob", "x")))
+    empty = import_mbox(
+        write_mbox(tmp_path, b""), Path(store.maildir_path("bob", "x")), locks=store.locks
+    )
     assert empty.messages == 0
 
 
-def test_mbox_refusals(tmp_path: Path, target: Path) -> None:
+def test_mbox_refusals(tmp_path: Path, target: Path, store: MaildirStore) -> None:
     with pytest.raises(MigrationError, match="not an mbox"):
-        import_mbox(write_mbox(tmp_path, b"Subject: no separator\n\nbody\n"), target)
+        import_mbox(
+            write_mbox(tmp_path, b"Subject: no separator\n\nbody\n"), target, locks=store.locks
+        )
     with pytest.raises(MigrationError, match="cannot read"):
-        import_mbox(tmp_path / "missing", target)
+        import_mbox(tmp_path / "missing", target, locks=store.locks)
     with pytest.raises(MigrationError, match="cannot read"):
-        import_mbox(tmp_path, target)
+        import_mbox(tmp_path, target, locks=store.locks)
     assert not target.exists()
 
 
 def test_mbox_dry_run_and_merge(tmp_path: Path, target: Path, store: MaildirStore) -> None:
     path = write_mbox(tmp_path, MBOX)
-    dry = import_mbox(path, target, dry_run=True)
+    dry = import_mbox(path, target, dry_run=True, locks=store.locks)
     assert not target.exists()
-    assert dry == import_mbox(path, target)
+    assert dry == import_mbox(path, target, locks=store.locks)
     with pytest.raises(MigrationError, match="already holds messages"):
-        import_mbox(path, target)
-    again = import_mbox(path, target, merge=True)
+        import_mbox(path, target, locks=store.locks)
+    again = import_mbox(path, target, merge=True, locks=store.locks)
     # Messages with a kept UIDL are recognised; one without has no identity.
     assert again.messages == 1 and again.uidls_new == 1
     assert sum("already in the target" in line for line in again.skipped) == 2

@@ -66,7 +66,9 @@ def open_user_db(settings: Settings) -> UserDB:
 
 
 def open_store(settings: Settings) -> MaildirStore:
-    return MaildirStore(settings.mail_template, hostname=settings.greeting_hostname)
+    return MaildirStore(
+        settings.mail_template, hostname=settings.greeting_hostname, lock_file=settings.lock_path
+    )
 
 
 def tls_files(settings: Settings) -> tls.TlsFiles | None:
@@ -150,6 +152,7 @@ class MailslotServer:
                 self._tls_files, min_version=settings.tls_min_version
             )
         store = open_store(settings)
+        self._store = store
         resolver = UserDBResolver(self._users, default_domain=settings.default_domain)
         self._lmtp = LmtpListener(
             resolver=resolver,
@@ -215,8 +218,9 @@ class MailslotServer:
         )
 
     def _ensure_file_limit(self) -> None:
-        """Each logged-in session holds two descriptors (its socket and its
-        maildrop lock): raise the soft limit towards what the caps need."""
+        """Each session holds its socket, and a message file while it sends
+        one (maildrop locks cost none): raise the soft limit towards what
+        the caps need when every session is sending."""
         settings = self._settings
         need = 2 * settings.max_connections + settings.lmtp_max_connections + 64
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -228,7 +232,7 @@ class MailslotServer:
         if soft < need:
             log.warning(
                 "open-file limit %d is below the %d that server.max_connections = %d needs "
-                "(2 per session); raise it (systemd: LimitNOFILE=)",
+                "(2 per sending session); raise it (systemd: LimitNOFILE=)",
                 soft,
                 need,
                 settings.max_connections,
@@ -285,6 +289,15 @@ class MailslotServer:
         gc.collect()
         gc.freeze()
         return self.listeners
+
+    def prepare_storage(self) -> None:
+        """Open the maildrop lock file (as the user that will serve)."""
+        try:
+            self._store.locks.prepare()
+        except OSError as exc:
+            raise ConfigError(
+                "storage.lock_file", f"cannot open {self._store.locks.path}: {exc.strerror}"
+            ) from None
 
     async def serve_until_stopped(self) -> None:
         """Run until ``stop()`` (or SIGTERM/SIGINT when installed)."""

@@ -16,6 +16,7 @@ template does not use is not checked: a single-domain setup using only
 
 from __future__ import annotations
 
+import os
 import re
 from string import Formatter
 from typing import Final
@@ -44,10 +45,21 @@ def check_name(kind: str, value: str) -> None:
         raise InvalidName(f"{kind} longer than {_NAME_MAX} octets")
 
 
+def _root(parts: list[tuple[str, str | None]]) -> str:
+    """The directory every expansion lies below: up to the last ``/`` before
+    the first placeholder, or the parent of a template without one."""
+    fixed = ""
+    for literal, field in parts:
+        fixed += literal
+        if field is not None:
+            return os.path.normpath(fixed[: fixed.rindex("/") + 1])
+    return os.path.dirname(os.path.normpath(fixed))
+
+
 class LocationTemplate:
     """A parsed location template; ``expand`` gives the maildrop's path."""
 
-    __slots__ = ("_parts", "template", "uses_domain", "uses_user")
+    __slots__ = ("_parts", "root", "template", "uses_domain", "uses_user")
 
     def __init__(self, template: str) -> None:
         parts: list[tuple[str, str | None]] = []
@@ -69,6 +81,7 @@ class LocationTemplate:
         self._parts = tuple(parts)
         self.uses_user = any(field == "user" for _, field in parts)
         self.uses_domain = any(field == "domain" for _, field in parts)
+        self.root = _root(parts)
 
     def expand(self, *, user: str, domain: str) -> str:
         """The path for ``user``/``domain``; ``InvalidName`` if a used value is unsafe."""

@@ -6,15 +6,18 @@ Theory of operation
 Layout.  ``MaildirStore(location)`` expands a template such as
 ``/srv/mail/{domain}/{user}/Maildir`` (see ``location.py``) into a Maildir
 with ``tmp/ new/ cur/``, created (mode 0o700) on first use.  Next to them
-live two files of ours: ``mailslot.lock`` and ``mailslot-uidlist``.  Only the
-top-level folder (INBOX) is POP3's; Maildir++ subfolders are ignored.
+lives one file of ours, ``mailslot-uidlist``.  Only the top-level folder
+(INBOX) is POP3's; Maildir++ subfolders are ignored.
 
-Locking.  ``open`` takes ``flock(LOCK_EX | LOCK_NB)`` on ``mailslot.lock``.
-flock locks belong to the open file description, so two sessions conflict
-whether they are in two processes or in one.  The lock lives exactly as long
-as the descriptor: ``close()`` closes it, and so does any failure inside
-``open`` after it was taken.  Delivery never takes it: Maildir delivery is
-lock-free by design (write to ``tmp/``, link into ``new/``).
+Locking.  ``open`` takes the maildrop's lock in the store's shared lock file
+(``locks.py``: one byte per maildrop, no descriptor per session), so two
+sessions conflict whether they are in two processes or in one.  ``close()``
+releases it, and so does any failure inside ``open`` after it was taken.  The
+lock file is ``mailslot.locks`` in the directory before the template's first
+placeholder (``/srv/mail`` for ``/srv/mail/{domain}/{user}/Maildir``) unless
+``lock_file`` names another; every process that shares the maildrops must
+use the same one.  Delivery never takes it: Maildir delivery is lock-free by
+design (write to ``tmp/``, link into ``new/``).
 
 Opening.  Under the lock, every file of ``new/`` is renamed into ``cur/``
 with the ``:2,`` info suffix, as POP3 servers do, then ``cur/`` is listed
@@ -71,7 +74,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gc
 import itertools
 import logging
@@ -86,18 +88,17 @@ from typing import BinaryIO, Final, Self
 
 from mailslot.store.base import (
     DeliveryError,
-    MaildropBusy,
     MaildropError,
     MaildropUnavailable,
     MessageGone,
     MessageInfo,
 )
 from mailslot.store.location import InvalidName, LocationTemplate
+from mailslot.store.locks import LOCKS_NAME, MaildropLock, MaildropLocks
 from mailslot.wire import wire_size
 
-__all__ = ["LOCK_NAME", "UIDLIST_NAME", "MaildirMaildrop", "MaildirStore", "import_uids"]
+__all__ = ["UIDLIST_NAME", "MaildirMaildrop", "MaildirStore", "import_uids"]
 
-LOCK_NAME: Final = "mailslot.lock"
 UIDLIST_NAME: Final = "mailslot-uidlist"
 _UIDLIST_TMP: Final = "mailslot-uidlist.tmp"
 _MAGIC: Final = "mailslot-uidlist"
@@ -252,33 +253,6 @@ class _WireCounter:
         return self.octets + self._extra + (0 if self._last in (b"\r", b"\n") else 2)
 
 
-# --- locking --------------------------------------------------------------------
-
-
-def _lock(maildir: str) -> int:
-    """Open and flock the lock file; the descriptor *is* the lock."""
-    path = os.path.join(maildir, LOCK_NAME)
-    for _attempt in range(3):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # Someone may have unlinked the file between our open and flock:
-            # then we hold a lock on an orphan that no one else will see.
-            held, current = os.fstat(fd), os.stat(path)
-            if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
-                return fd
-        except BlockingIOError:
-            os.close(fd)
-            raise MaildropBusy(f"maildrop {maildir} is in use") from None
-        except FileNotFoundError:
-            pass
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    raise MaildropUnavailable(f"lock file {path} keeps being replaced")
-
-
 # --- the uid list ---------------------------------------------------------------
 
 
@@ -378,7 +352,7 @@ def import_uids(
     entries: Iterable[tuple[str, int | None, str]],
     *,
     next_uid: int | None = None,
-    lock_held: bool = False,
+    lock: MaildropLocks | MaildropLock,
 ) -> None:
     """Replace the uid list of ``maildir`` with ``entries``, for migrations.
 
@@ -387,9 +361,9 @@ def import_uids(
     (computed at the next open), ``base_name`` is the file name before
     ``:2,``.  Their order is the snapshot order.  Messages not listed get
     fresh uids at the next open.  The existing validity is kept and the
-    counter becomes ``max(current, next_uid)``: it never goes back.  Takes the
-    maildrop lock (``MaildropBusy`` while a session is open), unless the caller
-    says it holds it already (``lock_held``).
+    counter becomes ``max(current, next_uid)``: it never goes back.  ``lock``
+    is the store's lock table, to take the maildrop lock for the write
+    (``MaildropBusy`` while a session is open), or the lock the caller holds.
     """
     path = os.fspath(maildir)
     rows = list(entries)
@@ -408,14 +382,16 @@ def import_uids(
         bases.add(base)
     if next_uid is not None and next_uid < 1:
         raise ValueError("next_uid must be positive")
+    if isinstance(lock, MaildropLock) and not lock.held:
+        raise ValueError("the maildrop lock has been released")
     _ensure_dirs(path)
-    fd = None if lock_held else _lock(path)
+    held = lock.acquire(path) if isinstance(lock, MaildropLocks) else None
     try:
         current = _read_uidlist(path)
         _write_uidlist(path, current.validity, max(current.next_uid, next_uid or 1), rows)
     finally:
-        if fd is not None:
-            os.close(fd)
+        if held is not None:
+            held.release()
 
 
 # --- the maildrop -----------------------------------------------------------------
@@ -426,7 +402,7 @@ class MaildirMaildrop:
 
     __slots__ = (
         "_bases",
-        "_fd",
+        "_lock",
         "_messages",
         "_names",
         "_next_uid",
@@ -435,9 +411,9 @@ class MaildirMaildrop:
         "path",
     )
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, lock: MaildropLock) -> None:
         self.path = path
-        self._fd = fd
+        self._lock = lock
         self._removed: set[int] = set()
         # File names relative to cur/, or "new/<name>" for one found in new/;
         # None once a rescan could not find the message.
@@ -557,7 +533,7 @@ class MaildirMaildrop:
         self._names = [found.get(base) for base in self._base_names()]
 
     def _check_open(self) -> None:
-        if self._fd < 0:
+        if not self._lock.held:
             raise MaildropError("maildrop is closed")
 
     def open_message(self, index: int) -> BinaryIO:
@@ -617,9 +593,7 @@ class MaildirMaildrop:
                     self._rescan()  # renamed by another tool, or really gone
 
     def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)  # releases the flock
+        self._lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -640,10 +614,15 @@ def _escape_hostname(hostname: str) -> str:
 class MaildirStore:
     """Maildir maildrops at ``location``, a ``{user}``/``{domain}`` template."""
 
-    __slots__ = ("_hostname", "_template")
+    __slots__ = ("_hostname", "_template", "locks")
 
-    def __init__(self, location: str, *, hostname: str | None = None) -> None:
+    def __init__(
+        self, location: str, *, hostname: str | None = None, lock_file: str | None = None
+    ) -> None:
         self._template = LocationTemplate(location)
+        self.locks = MaildropLocks.for_path(
+            lock_file or os.path.join(self._template.root, LOCKS_NAME)
+        )
         host = socket.gethostname() if hostname is None else hostname
         if any(c <= " " or c == "\x7f" for c in host):
             raise ValueError(f"hostname must not contain spaces or control characters: {host!r}")
@@ -661,10 +640,9 @@ class MaildirStore:
             raise MaildropUnavailable(str(exc), permanent=True) from exc
         try:
             _ensure_dirs(path)
-            fd = _lock(path)
         except OSError as exc:
             raise MaildropUnavailable(f"cannot open {path}: {exc}") from exc
-        maildrop = MaildirMaildrop(path, fd)
+        maildrop = MaildirMaildrop(path, self.locks.acquire(path))
         try:
             with _no_gc():
                 maildrop._load()

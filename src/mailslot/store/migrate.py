@@ -13,8 +13,8 @@ Theory of operation
 
 1. The source is read and checked first (``MigrationError`` for anything
    unreadable or in a format we do not know), before the target is touched.
-2. The target Maildir is created if needed and its lock (``mailslot.lock``,
-   the one POP3 sessions take) is held while messages are copied: a session
+2. The target Maildir is created if needed and its lock (taken in ``locks``,
+   the store's lock table that POP3 sessions use) is held while messages are copied: a session
    cannot open the maildrop meanwhile, and ``MigrationError`` says so at once
    if one is open.  If it already holds messages the import is refused unless
    ``merge=True`` (see below): importing twice must not duplicate mail.
@@ -22,7 +22,7 @@ Theory of operation
    transmitted, RFC 1939 §11, are computed in the same pass) and fsynced.
    Still under the lock, each is linked into ``cur/`` (never replacing a file)
    and ``cur/`` is fsynced.
-4. Still under the same lock, ``import_uids(..., lock_held=True)`` writes
+4. Still under the same lock, ``import_uids(..., lock=<the held lock>)`` writes
    the uid list: existing entries first, then the imported messages in the
    old server's order, each with its wire size.  No POP3 session can open the
    maildrop between the copy and the uid list, so none ever sees the new
@@ -153,11 +153,11 @@ from types import TracebackType
 from typing import BinaryIO, Final
 
 from mailslot.store.base import MaildropBusy, MaildropError, MaildropUnavailable
+from mailslot.store.locks import MaildropLock, MaildropLocks
 from mailslot.store.maildir import (
     _delivery_order,
     _escape_hostname,
     _fsync_dir,
-    _lock,
     _read_uidlist,
     _scan,
     _unlink_quietly,
@@ -558,8 +558,17 @@ class _Staged:
 class _Target:
     """The target Maildir: its lock, what it holds, and the files staged for it."""
 
-    def __init__(self, target: Path, *, source: str | None, dry_run: bool, merge: bool) -> None:
+    def __init__(
+        self,
+        target: Path,
+        *,
+        locks: MaildropLocks,
+        source: str | None,
+        dry_run: bool,
+        merge: bool,
+    ) -> None:
         self.path = os.path.abspath(target)
+        self._locks = locks
         self.in_place = source is not None and os.path.realpath(source) == os.path.realpath(
             self.path
         )
@@ -569,7 +578,7 @@ class _Target:
         self.taken_bases: set[str] = set()
         self.taken_stems: set[str] = set()
         self.staged: list[_Staged] = []
-        self._fd = -1
+        self._lock: MaildropLock | None = None
         self._linked: list[str] = []
         self._host = _hostname()
         self._count = 0
@@ -581,7 +590,7 @@ class _Target:
                 for sub in ("cur", "new", "tmp"):
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(os.path.join(self.path, sub), 0o700)
-                self._fd = _lock(self.path)
+                self._lock = self._locks.acquire(self.path)
             except MaildropBusy:
                 raise MigrationError(
                     f"{self.path} is in use by a POP3 session: try again when it has ended"
@@ -626,9 +635,13 @@ class _Target:
         self._unlock()
 
     def _unlock(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+        if self._lock is not None:
+            self._lock.release()
+
+    def _held(self) -> MaildropLock:
+        if self._lock is None:
+            raise MaildropError("the target is not locked")
+        return self._lock
 
     def taken_uids(self) -> set[str]:
         return {uid for uid, _size, _base in self.rows}
@@ -706,7 +719,7 @@ class _Target:
             self._roll_back()
             raise MigrationError(f"cannot move messages into {cur}: {exc}") from exc
         try:
-            import_uids(self.path, [*self.rows, *rows], lock_held=True)
+            import_uids(self.path, [*self.rows, *rows], lock=self._held())
         except (OSError, MaildropError) as exc:
             self._roll_back()
             raise MigrationError(f"cannot write the uid list of {self.path}: {exc}") from exc
@@ -918,6 +931,7 @@ def import_dovecot_maildir(
     source: Path,
     target_maildir: Path,
     *,
+    locks: MaildropLocks,
     uidl_format: str = DEFAULT_DOVECOT_UIDL_FORMAT,
     dry_run: bool = False,
     merge: bool = False,
@@ -934,7 +948,7 @@ def import_dovecot_maildir(
     text = _read_text(path)
     # An empty file is one Dovecot would discard and rebuild: no UIDL came from it.
     uidlist = None if not text or text.isspace() else _parse_dovecot_uidlist(text, path)
-    with _Target(target_maildir, source=src, dry_run=dry_run, merge=merge) as target:
+    with _Target(target_maildir, locks=locks, source=src, dry_run=dry_run, merge=merge) as target:
         skipped: list[str] = []
         _note_folders(src, skipped)
         items = _dovecot_items(uidlist, _scan_maildir(src), template, skipped)
@@ -993,7 +1007,12 @@ def _read_courier_sizelist(path: str, skipped: list[str]) -> dict[str, tuple[int
 
 
 def import_courier_maildir(
-    source: Path, target_maildir: Path, *, dry_run: bool = False, merge: bool = False
+    source: Path,
+    target_maildir: Path,
+    *,
+    locks: MaildropLocks,
+    dry_run: bool = False,
+    merge: bool = False,
 ) -> ImportReport:
     """Import the Maildir ``source`` that Courier's pop3d served, with the
     UIDLs it listed (from ``courierpop3dsizelist``).  See the module
@@ -1001,7 +1020,7 @@ def import_courier_maildir(
     src = _source_maildir(source)
     skipped: list[str] = []
     sizelist = _read_courier_sizelist(os.path.join(src, COURIER_SIZELIST), skipped)
-    with _Target(target_maildir, source=src, dry_run=dry_run, merge=merge) as target:
+    with _Target(target_maildir, locks=locks, source=src, dry_run=dry_run, merge=merge) as target:
         _note_folders(src, skipped)
         files = _scan_maildir(src)
         items: list[_Item] = []
@@ -1088,7 +1107,12 @@ class _MboxReader:
 
 
 def import_mbox(
-    source: Path, target_maildir: Path, *, dry_run: bool = False, merge: bool = False
+    source: Path,
+    target_maildir: Path,
+    *,
+    locks: MaildropLocks,
+    dry_run: bool = False,
+    merge: bool = False,
 ) -> ImportReport:
     """Import the mbox file ``source``, keeping valid ``X-UIDL`` headers as
     UIDLs.  See the module docstring."""
@@ -1102,13 +1126,21 @@ def import_mbox(
             reader = _MboxReader(file, path)  # checks the source before the target is touched
         except OSError as exc:
             raise MigrationError(f"cannot read {path}: {exc.strerror}") from exc
-        return _import_mbox(source, reader, target_maildir, dry_run=dry_run, merge=merge)
+        return _import_mbox(
+            source, reader, target_maildir, locks=locks, dry_run=dry_run, merge=merge
+        )
 
 
 def _import_mbox(
-    source: Path, reader: _MboxReader, target_maildir: Path, *, dry_run: bool, merge: bool
+    source: Path,
+    reader: _MboxReader,
+    target_maildir: Path,
+    *,
+    locks: MaildropLocks,
+    dry_run: bool,
+    merge: bool,
 ) -> ImportReport:
-    with _Target(target_maildir, source=None, dry_run=dry_run, merge=merge) as target:
+    with _Target(target_maildir, locks=locks, source=None, dry_run=dry_run, merge=merge) as target:
         skipped: list[str] = []
         existing = target.taken_uids()
         uidls = _Uidls(existing)
