@@ -472,12 +472,13 @@ def test_corrupt_uidlist_starts_over(store: MaildirStore, maildir: Path) -> None
     assert len(new) == 1 and new != old
 
 
-def test_delivery_order(store: MaildirStore, maildir: Path) -> None:
-    # Numeric, not lexical: 999999999 < 1000000000 and M9 < M10.
-    put(maildir, "cur", "1000000000.M10P1.h:2,", b"4\n")
-    put(maildir, "cur", "1000000000.M9P1.h:2,", b"3\n")
-    put(maildir, "new", "999999999.M5P1.h", b"2\n")
-    put(maildir, "cur", "999999998.1234_1.h:2,", b"1\n")
+def test_new_messages_in_name_order(store: MaildirStore, maildir: Path) -> None:
+    # Maildir names start with the delivery time in seconds: name order is
+    # arrival order to the second (within one second, by the rest of the name).
+    put(maildir, "cur", "1700000002.M10P1.h:2,", b"3\n")
+    put(maildir, "cur", "1700000002.M9P1.h:2,", b"4\n")
+    put(maildir, "new", "1700000001.M5P1.h", b"2\n")
+    put(maildir, "cur", "1700000000.1234_1.h:2,", b"1\n")
     with drop(store) as md:
         assert contents(md) == [b"1\n", b"2\n", b"3\n", b"4\n"]
         first = [m.uid for m in md.messages]
@@ -791,13 +792,13 @@ def age(directory: Path, seconds: float = 10) -> None:
 class ScanCounter:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[str] = []
-        real = maildir_module._scan
+        real = maildir_module._list
 
-        def counting(directory: str) -> dict[str, str]:
+        def counting(directory: str) -> list[str]:
             self.calls.append(os.path.basename(directory))
             return real(directory)
 
-        monkeypatch.setattr(maildir_module, "_scan", counting)
+        monkeypatch.setattr(maildir_module, "_list", counting)
 
 
 def test_warm_open_trusts_the_uid_list(
@@ -858,3 +859,85 @@ def test_a_commit_forgets_the_trusted_mtime(store: MaildirStore, maildir: Path) 
     assert len((maildir / UIDLIST_NAME).read_text().split("\n")[0].split()) == 4
     with drop(store) as md:
         assert contents(md) == [b"message 1\n", b"message 2\n"]
+
+
+# --- a new uid list waits for commit or close -----------------------------------------
+
+
+def unsaved(md: MaildirMaildrop) -> bool:
+    return md.unsaved  # a call: mypy would keep an attribute narrowed across commit()
+
+
+def test_new_uid_list_is_written_at_commit_or_close(store: MaildirStore, maildir: Path) -> None:
+    deliver(store, b"one\n")
+    deliver(store, b"two\n")
+    md = drop(store)
+    shown = [m.uid for m in md.messages]
+    assert unsaved(md) and not (maildir / UIDLIST_NAME).exists()
+    md.commit([])
+    assert not unsaved(md) and (maildir / UIDLIST_NAME).exists()
+    md.close()
+    assert uids(store) == shown
+    (maildir / UIDLIST_NAME).unlink()
+    md = drop(store)
+    again = [m.uid for m in md.messages]
+    md.close()  # no commit: close writes it
+    assert (maildir / UIDLIST_NAME).exists() and uids(store) == again
+    assert set(again).isdisjoint(shown)  # a lost list means a new validity
+
+
+def test_an_existing_uid_list_is_updated_before_open_returns(
+    store: MaildirStore, maildir: Path
+) -> None:
+    deliver(store, b"one\n")
+    drop(store).close()
+    deliver(store, b"two\n")
+    with drop(store) as md:
+        assert not md.unsaved
+        assert md.messages[1].uid.encode() in (maildir / UIDLIST_NAME).read_bytes()
+
+
+CRASHER = """
+import os, sys
+from mailslot.store.maildir import MaildirStore
+drop = MaildirStore(sys.argv[1]).open("bob", "example.org")
+print(" ".join(m.uid for m in drop.messages), flush=True)
+os._exit(0)  # a crash: neither commit nor close
+"""
+
+
+def test_crash_before_the_new_list_is_written_reuses_no_uid(
+    tmp_path: Path, store: MaildirStore, maildir: Path
+) -> None:
+    for n in range(3):
+        deliver(store, b"message %d\n" % n)
+    template = f"{tmp_path}/{{domain}}/{{user}}/Maildir"
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHER, template], capture_output=True, check=True, timeout=60
+    )
+    shown = crashed.stdout.decode().split()
+    assert len(shown) == 3 and not (maildir / UIDLIST_NAME).exists()
+    after = uids(store)
+    assert len(after) == 3 and set(after).isdisjoint(shown)
+    assert uids(store) == after
+
+
+def test_symlinks_and_directories_in_cur_are_never_read(
+    tmp_path: Path, store: MaildirStore, maildir: Path
+) -> None:
+    deliver(store, b"real\n")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not mail\n")
+    (maildir / "cur").mkdir(parents=True, exist_ok=True)
+    os.symlink(secret, maildir / "cur" / "1700000000.M1P1.h:2,")  # no size in the name
+    os.symlink(secret, maildir / "cur" / "1700000001.M1P1.h,S=9,W=10:2,")  # a size in the name
+    os.mkdir(maildir / "cur" / "1700000002.M1P1.h,W=5:2,")
+    with drop(store) as md:
+        found = []
+        for index in range(len(md.messages)):
+            try:
+                with md.open_message(index) as file:
+                    found.append(file.read())
+            except MessageGone:
+                pass
+        assert found == [b"real\n"]

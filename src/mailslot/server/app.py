@@ -341,6 +341,7 @@ class MailslotServer:
             registry.shutdown_all()
             await asyncio.sleep(0)
         await lmtp
+        await self._backend.drain()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._auth_executor.shutdown(wait=False, cancel_futures=True)

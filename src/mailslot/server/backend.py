@@ -67,6 +67,7 @@ class StoreBackend:
         self._cache = cache
         self._clock = clock
         self._counter = itertools.count()
+        self._closing: set[asyncio.Future[None]] = set()
 
     def new_timestamp(self) -> str:
         # RFC 1939 §7: msg-id syntax, different for every greeting.
@@ -181,12 +182,25 @@ class StoreBackend:
         return maildrop
 
     async def commit(self, maildrop: Maildrop, indexes: frozenset[int]) -> None:
-        await asyncio.to_thread(maildrop.commit, indexes)
+        if indexes or maildrop.unsaved:  # else nothing to do: no thread hop
+            await asyncio.to_thread(maildrop.commit, indexes)
 
     def close_maildrop(self, maildrop: Maildrop) -> None:
-        # Releasing a lock is a close(2): fast enough for the loop, and it
-        # must happen even while the connection is being torn down.
-        maildrop.close()
+        # Releasing a lock is fast enough for the loop, and it must happen
+        # even while the connection is being torn down.  Writing a snapshot
+        # that was never saved (a client gone without QUIT) is not.
+        if maildrop.unsaved:
+            closing = asyncio.get_running_loop().run_in_executor(None, maildrop.close)
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        else:
+            maildrop.close()
+
+    async def drain(self) -> None:
+        """Wait for the maildrops still being closed (at shutdown)."""
+        await asyncio.sleep(0)  # connections torn down just now release theirs
+        while self._closing:
+            await asyncio.wait(list(self._closing))
 
 
 class CredentialCache:

@@ -80,6 +80,12 @@ class Maildrop(Protocol):
 
     def commit(self, indexes: Collection[int]) -> int: ...
 
+    @property
+    def unsaved(self) -> bool:
+        """State of the snapshot not on disk yet: ``commit`` (even of no
+        message) or ``close`` will write it, so run them off the event loop."""
+        ...
+
     def close(self) -> None: ...
 
 
