@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailslot.config import Settings
-from mailslot.server.app import open_user_db
+from mailslot.server.app import open_store, open_user_db
 from tests.helpers.server import ThreadServer, add_user, deliver, make_settings, running
 
 PASSWORD = "correct horse"
@@ -419,3 +419,23 @@ def test_a_client_that_stops_reading_is_cut_off_by_autologout(tmp_path: Path) ->
         assert client.pass_(PASSWORD).startswith(b"+OK")  # the lock was released
         client.quit()
         sock.close()
+
+
+def test_reconnect_right_after_a_first_session_is_never_in_use(
+    settings: Settings, server: ThreadServer
+) -> None:
+    """The first session of a maildrop writes its uid list after QUIT; a
+    client that logs in again at once waits for that, it is not refused."""
+    deliver(settings, "bob", b"Subject: first\r\n\r\nx\r\n")
+    maildir = Path(open_store(settings).maildir_path("bob", settings.default_domain))
+    body = b"Subject: copy\n\nx\n"
+    for n in range(20_000):  # a list big enough to take a while to write
+        (maildir / "cur" / f"1700000000.M{n:06d}P1.h,S=18,W=21:2,").write_bytes(body)
+    for _round in range(5):
+        (maildir / "mailslot-uidlist").unlink(missing_ok=True)
+        first = login(server, "bob")
+        uids = first.uidl()[1]
+        first.quit()
+        again = login(server, "bob")
+        assert again.uidl()[1] == uids
+        again.quit()

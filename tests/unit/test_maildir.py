@@ -941,3 +941,24 @@ def test_symlinks_and_directories_in_cur_are_never_read(
             except MessageGone:
                 pass
         assert found == [b"real\n"]
+
+
+def test_a_new_open_waits_for_a_session_that_is_finishing(
+    store: MaildirStore, maildir: Path
+) -> None:
+    deliver(store, b"one\n")
+    md = drop(store)
+    # An active session: no wait, even when waiting is allowed.
+    started = time.monotonic()
+    with pytest.raises(MaildropBusy):
+        store.locks.acquire(str(maildir), wait=5)
+    assert time.monotonic() - started < 1
+    # A session that is saving its state on the way out: wait for it.
+    md._lock.finishing()
+    releaser = threading.Timer(0.3, md.close)
+    releaser.start()
+    started = time.monotonic()
+    with drop(store) as again:
+        assert time.monotonic() - started >= 0.2
+        assert len(again.messages) == 1
+    releaser.join()

@@ -755,9 +755,17 @@ class Session:
             self._ok("mailslot signing off")
             self._close("quit")
             return None
-        # RFC 1939 §6: QUIT in TRANSACTION enters UPDATE.  The commit comes
-        # even with nothing deleted: the store may have state to save.
+        # RFC 1939 §6: QUIT in TRANSACTION enters UPDATE.
         self._state = State.UPDATE
+        if not self._deleted:
+            left = len(self._messages)
+            self._ok(
+                f"mailslot signing off ({left} messages left)"
+                if left
+                else "mailslot signing off (maildrop empty)"
+            )
+            self._close("quit")
+            return None
         self._stats[3] = len(self._deleted)
         self._stats[4] = sum(self._messages[i].size for i in self._deleted)
         return CommitRequested(indexes=frozenset(self._deleted))

@@ -182,8 +182,7 @@ class StoreBackend:
         return maildrop
 
     async def commit(self, maildrop: Maildrop, indexes: frozenset[int]) -> None:
-        if indexes or maildrop.unsaved:  # else nothing to do: no thread hop
-            await asyncio.to_thread(maildrop.commit, indexes)
+        await asyncio.to_thread(maildrop.commit, indexes)
 
     def close_maildrop(self, maildrop: Maildrop) -> None:
         # Releasing a lock is fast enough for the loop, and it must happen

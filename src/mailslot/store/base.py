@@ -82,8 +82,8 @@ class Maildrop(Protocol):
 
     @property
     def unsaved(self) -> bool:
-        """State of the snapshot not on disk yet: ``commit`` (even of no
-        message) or ``close`` will write it, so run them off the event loop."""
+        """State of the snapshot not on disk yet: ``commit`` or ``close``
+        will write it, so run them off the event loop."""
         ...
 
     def close(self) -> None: ...

@@ -14,6 +14,10 @@ file, ``mailslot.locks`` at the root of the mail location:
   the kernel drops it when the process dies, on a local disk and over NFS.
 * Within a process, record locks never conflict, so a table of held offsets,
   under a mutex, decides between sessions and threads of the same process.
+* A holder that is finishing (``MaildropLock.finishing``: a session that has
+  ended and is saving its state) makes a new ``acquire`` in this process wait
+  for it, up to ``wait`` seconds, instead of failing at once: a client that
+  reconnects right after QUIT gets its maildrop, not ``[IN-USE]``.
 
 POSIX record locks have one trap: closing *any* descriptor of the file drops
 every lock the process holds on it.  So the process has one instance per
@@ -29,6 +33,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import time
 from typing import ClassVar, Final, Self
 
 from mailslot.store.base import MaildropBusy, MaildropUnavailable
@@ -51,6 +56,11 @@ class MaildropLock:
     """One held maildrop lock; ``release`` is idempotent."""
 
     __slots__ = ("_locks", "_offset")
+
+    def finishing(self) -> None:
+        """Announce that ``release`` follows shortly: waiters may wait for it."""
+        if self._locks is not None:
+            self._locks._finishing(self._offset)
 
     def __init__(self, locks: MaildropLocks, offset: int) -> None:
         self._locks: MaildropLocks | None = locks
@@ -78,14 +88,16 @@ class MaildropLocks:
     _instances: ClassVar[dict[str, MaildropLocks]] = {}
     _instances_mutex: ClassVar[threading.Lock] = threading.Lock()
 
-    __slots__ = ("_fd", "_held", "_mutex", "path")
+    __slots__ = ("_changed", "_fd", "_finishing_offsets", "_held", "_mutex", "path")
 
     def __init__(self, path: str) -> None:
         """Use ``for_path``: two instances on one file would undo each other."""
         self.path = path
         self._fd = -1
         self._held: set[int] = set()
+        self._finishing_offsets: set[int] = set()
         self._mutex = threading.Lock()
+        self._changed = threading.Condition(self._mutex)
 
     @classmethod
     def for_path(cls, path: str | os.PathLike[str]) -> MaildropLocks:
@@ -116,12 +128,18 @@ class MaildropLocks:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def acquire(self, maildir: str) -> MaildropLock:
-        """Lock ``maildir`` without waiting: ``MaildropBusy`` if someone holds it."""
+    def acquire(self, maildir: str, *, wait: float = 0.0) -> MaildropLock:
+        """Lock ``maildir``: ``MaildropBusy`` if someone holds it, unless it is
+        a holder of this process that is finishing and lets go within ``wait``
+        seconds."""
         offset = lock_offset(maildir)
+        deadline = time.monotonic() + wait
         with self._mutex:
-            if offset in self._held:
-                raise MaildropBusy(f"maildrop {maildir} is in use")
+            while offset in self._held:
+                left = deadline - time.monotonic()
+                if offset not in self._finishing_offsets or left <= 0:
+                    raise MaildropBusy(f"maildrop {maildir} is in use")
+                self._changed.wait(left)
             try:
                 fd = self._open()
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
@@ -133,9 +151,16 @@ class MaildropLocks:
             self._held.add(offset)
         return MaildropLock(self, offset)
 
+    def _finishing(self, offset: int) -> None:
+        with self._mutex:
+            if offset in self._held:
+                self._finishing_offsets.add(offset)
+
     def _release(self, offset: int) -> None:
         with self._mutex:
             self._held.discard(offset)
+            self._finishing_offsets.discard(offset)
+            self._changed.notify_all()
             if self._held:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
             else:

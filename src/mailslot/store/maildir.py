@@ -48,7 +48,9 @@ something changed: uids survive a session that never reaches UPDATE.  The one
 exception is a list written for the first time (none, or an unreadable one):
 no uid of its new validity was ever shown, so it waits for ``commit`` or
 ``close`` (``unsaved``), which keeps a 100,000-message first login short; a
-crash before then makes the next open start another validity.
+crash before then makes the next open start another validity.  While
+``close`` writes it, a new ``open`` in this process waits for it (the lock is
+"finishing", see ``locks.py``) instead of answering ``[IN-USE]``.
 
 Warm opens.  When the list was written after a full scan of a ``cur/`` that
 had not changed for two seconds, the header records that directory's
@@ -123,6 +125,9 @@ _VALIDITY: Final = re.compile(r"[0-9a-zA-Z]{1,32}")
 _UIDLIST_LINE: Final = re.compile(r"^([!-~]{1,70}) (\d+|-) ([^\n]+)$", re.MULTILINE)
 _LINK_UNSUPPORTED: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
 _OPEN_FLAGS: Final = os.O_CLOEXEC | os.O_NOFOLLOW
+# How long open() waits for a session of this process that has ended and is
+# saving a new uid list (a 100,000-message list takes about 0.1 s).
+_FINISHING_WAIT: Final = 10.0
 
 _log = logging.getLogger(__name__)
 _deliveries = itertools.count()  # the Q<n> of unique names; next() is atomic
@@ -726,6 +731,7 @@ class MaildirMaildrop:
     def close(self) -> None:
         try:
             if self._unsaved is not None and self._lock.held:
+                self._lock.finishing()  # a new session of this process waits for us
                 self._save(cur_mtime=self._unsaved[0])
         except OSError as exc:
             _log.warning("%s: uid list not written: %s", self.path, exc)
@@ -780,7 +786,7 @@ class MaildirStore:
             _ensure_dirs(path)
         except OSError as exc:
             raise MaildropUnavailable(f"cannot open {path}: {exc}") from exc
-        maildrop = MaildirMaildrop(path, self.locks.acquire(path))
+        maildrop = MaildirMaildrop(path, self.locks.acquire(path, wait=_FINISHING_WAIT))
         try:
             with _no_gc():
                 maildrop._load()
