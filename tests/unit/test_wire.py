@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailslot import wire
 from mailslot.pop3.apop import apop_digest, apop_matches
 from mailslot.wire import LINE_TOO_LONG, DotStuffer, LineReader, normalise, wire_size
 
@@ -148,3 +149,14 @@ def test_apop_rfc1939_vector() -> None:
     assert apop_digest(timestamp, "tanstaaf") == "c4c9334bac560ecc979e58001b3e22fb"
     assert apop_matches(timestamp, "tanstaaf", "C4C9334BAC560ECC979E58001B3E22FB")
     assert not apop_matches(timestamp, "tanstaaF", "c4c9334bac560ecc979e58001b3e22fb")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"\r\n", b"\r\n.", b".", b"a", b"\r", b"\n"]), max_size=300).map(
+        b"".join
+    )
+)
+def test_stuffing_cuts_agree_with_replace(data: bytes) -> None:
+    """The reverse-search stuffing, with few dotted lines or many."""
+    assert wire._stuff(data) == data.replace(b"\r\n.", b"\r\n..")
