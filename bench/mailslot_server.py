@@ -81,6 +81,7 @@ class MailslotConfig:
     max_connections: int
     strong_hash_params: bool  # argon2 defaults, so {ARGON2ID} users are not rehashed
     tls: tuple[Path, Path] | None  # (cert, key) when a POP3S listener is wanted
+    cache_ttl: float = 0.0  # auth.cache_ttl: mailslot's verified-login cache (0: off)
     keys: frozenset[str] = field(default_factory=known_keys)
     notes: list[str] = field(default_factory=list)
 
@@ -91,6 +92,8 @@ class MailslotConfig:
     @property
     def path(self) -> Path:
         suffix = "strong" if self.strong_hash_params else "cheap"
+        if self.cache_ttl:
+            suffix += "-cached"
         return self.root / f"config-{suffix}.toml"
 
     @property
@@ -125,6 +128,8 @@ class MailslotConfig:
             values["pop3s.listen"] = [f"127.0.0.1:{POP3S_PORT}"]
             values["tls.cert"] = str(self.tls[0])
             values["tls.key"] = str(self.tls[1])
+        if self.cache_ttl:
+            values["auth.cache_ttl"] = self.cache_ttl
         if not self.strong_hash_params and not self.rehash_off:
             # {PLAIN} will be upgraded at the first login: make that cheap.
             values["auth.argon2_time_cost"] = 1
