@@ -199,6 +199,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         store = open_store(settings)
     except ValueError as exc:
         raise CliError(f"config error: storage.mail_location: {exc}", EX_USAGE) from None
+    try:
+        store.locks.prepare()
+    except OSError as exc:
+        raise CliError(
+            f"config error: storage.lock_file: cannot open {store.locks.path}: {exc.strerror}",
+            EX_USAGE,
+        ) from None
     files = tls_files(settings)
     if files is not None:
         try:

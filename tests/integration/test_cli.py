@@ -40,6 +40,7 @@ def test_check_config_reports_key_and_exits_2(tmp_path: Path) -> None:
         ('[storage]\nmail_location = "/srv/{user}/{oops}"\n', "storage.mail_location"),
         ('[pop3s]\nlisten = ["127.0.0.1:995"]\n', "pop3s.listen"),
         ('[auth]\nmechanisms = ["CRAM-MD5"]\n', "auth.mechanisms"),
+        ('[storage]\nlock_file = "/dev/null/locks"\n', "storage.lock_file"),
         ("not toml at all [", "cannot read"),
     ):
         bad.write_text(text)
@@ -47,6 +48,23 @@ def test_check_config_reports_key_and_exits_2(tmp_path: Path) -> None:
         assert result.returncode == 2, (text, result.stderr)
         assert key.encode() in result.stderr, (key, result.stderr)
         assert b"Traceback" not in result.stderr
+
+
+def test_serve_refuses_an_unusable_lock_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "data", storage__lock_file="/dev/null/locks")
+    result = cli("serve", "-c", str(config))
+    assert result.returncode == 2
+    assert b"storage.lock_file: cannot open /dev/null/locks" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_lock_file_setting_is_relative_to_the_data_dir(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "data", storage__lock_file="run/maildrops.locks")
+    result = cli("check-config", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    expected = tmp_path / "data" / "run" / "maildrops.locks"
+    assert f"maildrop locks {expected}".encode() in result.stdout
+    assert expected.exists()
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

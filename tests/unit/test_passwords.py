@@ -49,6 +49,17 @@ def test_round_trip_with_default_params() -> None:
     assert not hasher.needs_rehash(stored)
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_argon2_cffi_and_libsodium_read_each_other(hasher: PasswordHasher, lanes: int) -> None:
+    """Ours (libsodium, one lane) checks out with argon2-cffi; argon2-cffi's,
+    with one lane (libsodium's path) or two (argon2-cffi's), check out here."""
+    ours = hasher.hash("secret").removeprefix("{ARGON2ID}")
+    assert argon2.PasswordHasher().verify(ours, "secret")
+    theirs = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=lanes).hash("pw")
+    assert hasher.verify("{ARGON2ID}" + theirs, "pw")
+    assert not hasher.verify("{ARGON2ID}" + theirs, "pW")
+
+
 @pytest.mark.parametrize(
     "password",
     [
