@@ -191,7 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from mailslot.server.app import open_store, tls_files  # noqa: PLC0415
+    from mailslot.server.app import open_store, prepare_lock_file, tls_files  # noqa: PLC0415
     from mailslot.server.tls import TlsConfigError, server_context  # noqa: PLC0415
 
     settings = _settings(args)
@@ -200,12 +200,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(f"config error: storage.mail_location: {exc}", EX_USAGE) from None
     try:
-        store.locks.prepare()
-    except OSError as exc:
-        raise CliError(
-            f"config error: storage.lock_file: cannot open {store.locks.path}: {exc.strerror}",
-            EX_USAGE,
-        ) from None
+        prepare_lock_file(store)
+    except ConfigError as exc:
+        raise CliError(f"config error: {exc}", EX_USAGE) from None
     files = tls_files(settings)
     if files is not None:
         try:

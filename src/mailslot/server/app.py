@@ -71,6 +71,16 @@ def open_store(settings: Settings) -> MaildirStore:
     )
 
 
+def prepare_lock_file(store: MaildirStore) -> None:
+    """Create and open the maildrop lock file now: ``ConfigError`` if it cannot be."""
+    try:
+        store.locks.prepare()
+    except OSError as exc:
+        raise ConfigError(
+            "storage.lock_file", f"cannot open {store.locks.path}: {exc.strerror}"
+        ) from None
+
+
 def tls_files(settings: Settings) -> tls.TlsFiles | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
@@ -292,12 +302,7 @@ class MailslotServer:
 
     def prepare_storage(self) -> None:
         """Open the maildrop lock file (as the user that will serve)."""
-        try:
-            self._store.locks.prepare()
-        except OSError as exc:
-            raise ConfigError(
-                "storage.lock_file", f"cannot open {self._store.locks.path}: {exc.strerror}"
-            ) from None
+        prepare_lock_file(self._store)
 
     async def serve_until_stopped(self) -> None:
         """Run until ``stop()`` (or SIGTERM/SIGINT when installed)."""

@@ -142,13 +142,19 @@ class MaildropLocks:
                 self._changed.wait(left)
             try:
                 fd = self._open()
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
             except OSError as exc:
-                self._close_if_idle()
-                if exc.errno in _BUSY:
-                    raise MaildropBusy(f"maildrop {maildir} is in use") from None
-                raise MaildropUnavailable(f"cannot lock {maildir} in {self.path}: {exc}") from exc
+                raise MaildropUnavailable(f"cannot open {self.path}: {exc}") from exc
+            # Reserved: no one in this process takes it, and the file stays
+            # open, while the system call runs without the mutex (the event
+            # loop's releases must not wait for it).
             self._held.add(offset)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+        except OSError as exc:
+            self._forget(offset)
+            if exc.errno in _BUSY:
+                raise MaildropBusy(f"maildrop {maildir} is in use") from None
+            raise MaildropUnavailable(f"cannot lock {maildir} in {self.path}: {exc}") from exc
         return MaildropLock(self, offset)
 
     def _finishing(self, offset: int) -> None:
@@ -158,13 +164,24 @@ class MaildropLocks:
 
     def _release(self, offset: int) -> None:
         with self._mutex:
-            self._held.discard(offset)
-            self._finishing_offsets.discard(offset)
-            self._changed.notify_all()
-            if self._held:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
-            else:
-                self._close_if_idle()  # which releases the last lock
+            if self._held == {offset}:
+                self._forget_locked(offset)  # closes the file, which unlocks
+                return
+            fd = self._fd
+        # Still in _held meanwhile: no one here can take the byte between the
+        # unlock and the forgetting, and the file cannot be closed.
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+        self._forget(offset)
+
+    def _forget(self, offset: int) -> None:
+        with self._mutex:
+            self._forget_locked(offset)
+
+    def _forget_locked(self, offset: int) -> None:
+        self._held.discard(offset)
+        self._finishing_offsets.discard(offset)
+        self._changed.notify_all()
+        self._close_if_idle()
 
     def __len__(self) -> int:
         """How many maildrops this process holds."""

@@ -783,7 +783,8 @@ class MaildirStore:
         except InvalidName as exc:
             raise MaildropUnavailable(str(exc), permanent=True) from exc
         try:
-            _ensure_dirs(path)
+            if not os.path.isdir(os.path.join(path, "cur")):  # one stat when it exists
+                _ensure_dirs(path)
         except OSError as exc:
             raise MaildropUnavailable(f"cannot open {path}: {exc}") from exc
         maildrop = MaildirMaildrop(path, self.locks.acquire(path, wait=_FINISHING_WAIT))
