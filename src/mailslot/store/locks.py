@@ -6,7 +6,7 @@ descriptor per session on top of the socket: 10,000 idle sessions would need
 20,000 descriptors.  Instead every maildrop of a store is locked in one shared
 file, ``mailslot.locks`` at the root of the mail location:
 
-* Each maildrop owns one byte of that file, at an offset taken from a keyed
+* Each maildrop owns one byte of that file, at an offset taken from a
   hash of its path (BLAKE2b, 62 bits).  Two maildrops share a byte with a
   probability of about n²/2⁶³ — for a million maildrops, one in ten million —
   and the only effect would be a spurious ``[IN-USE]``.
