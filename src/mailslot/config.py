@@ -196,6 +196,9 @@ class Settings:
     pop3s_listen: tuple[Address, ...] = _opt(
         "pop3s.listen", (), _addresses, "POP3S (implicit TLS) listeners"
     )
+    metrics_listen: tuple[Address, ...] = _opt(
+        "metrics.listen", (), _addresses, "Prometheus /metrics listeners (HTTP)"
+    )
     autologout: float = _opt(
         "pop3.autologout", 600.0, _seconds(1), "idle seconds before disconnect (RFC: >= 600)"
     )

@@ -28,11 +28,12 @@ from mailslot.auth import HashParams, PasswordHasher, UserDB
 from mailslot.auth.penalty import FailedLoginTracker
 from mailslot.config import Address, ConfigError, Settings
 from mailslot.delivery.lmtp import LmtpSessionOptions
-from mailslot.pop3.session import SessionOptions
+from mailslot.pop3.session import SessionOptions, SessionStatistics
 from mailslot.server import tls
 from mailslot.server.backend import CredentialCache, StoreBackend
 from mailslot.server.driver import DriverOptions, Pop3Connection
 from mailslot.server.lmtp import LmtpListener, LmtpOptions, UserDBResolver
+from mailslot.server.metrics import Metrics, MetricsServer
 from mailslot.store.maildir import MaildirStore
 
 log = logging.getLogger("mailslot.server")
@@ -92,8 +93,16 @@ def tls_files(settings: Settings) -> tls.TlsFiles | None:
 class ConnectionRegistry:
     """Open connections: global and per-address caps, idle sweeps."""
 
-    def __init__(self, *, max_connections: int, max_per_address: int, autologout: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        max_per_address: int,
+        autologout: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._connections: set[Pop3Connection] = set()
+        self._metrics = metrics
         self._per_address: Counter[str] = Counter()
         self._max = max_connections
         self._max_per_address = max_per_address
@@ -130,6 +139,10 @@ class ConnectionRegistry:
         if not self._connections:
             self.empty.set()
 
+    def ended(self, stats: SessionStatistics, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.session_ended(stats, reason)
+
     async def sweep_forever(self) -> None:
         """Autologout: one pass over all connections every few seconds,
         instead of a timer per connection."""
@@ -163,11 +176,13 @@ class MailslotServer:
             )
         store = open_store(settings)
         self._store = store
+        self.metrics = Metrics()
         resolver = UserDBResolver(self._users, default_domain=settings.default_domain)
         self._lmtp = LmtpListener(
             resolver=resolver,
             store=store,
             quota=resolver.quota,
+            metrics=self.metrics,
             options=LmtpOptions(
                 session=LmtpSessionOptions(
                     hostname=settings.greeting_hostname,
@@ -191,6 +206,7 @@ class MailslotServer:
             ),
             login_delay=settings.login_delay,
             cache=CredentialCache(ttl=settings.cache_ttl) if settings.cache_ttl else None,
+            metrics=self.metrics,
         )
         self._session_options = SessionOptions(
             expire=settings.expire,
@@ -207,7 +223,23 @@ class MailslotServer:
         self._registry: ConnectionRegistry | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
+        self._metrics_servers: list[MetricsServer] = []
         self.listeners: list[Listener] = []
+        self.metrics.gauge(
+            "mailslot_pop3_connections",
+            "POP3 connections open now",
+            lambda: self.active_connections,
+        )
+        self.metrics.gauge(
+            "mailslot_maildrops_locked",
+            "Maildrops this process holds locked now",
+            lambda: len(store.locks),
+        )
+        self.metrics.gauge(
+            "mailslot_lmtp_connections",
+            "LMTP connections open now",
+            lambda: self._lmtp.active_connections,
+        )
 
     @property
     def active_connections(self) -> int:
@@ -256,6 +288,7 @@ class MailslotServer:
             max_connections=self._settings.max_connections,
             max_per_address=self._settings.max_connections_per_ip,
             autologout=self._settings.autologout,
+            metrics=self.metrics,
         )
         self._registry = registry
         loop = asyncio.get_running_loop()
@@ -293,6 +326,12 @@ class MailslotServer:
             )
             _hand_over_socket(path, self._settings)
             self.listeners.append(Listener("lmtp", Address(str(path), 0)))
+        for address in self._settings.metrics_listen:
+            metrics_server = MetricsServer(self.metrics, address.host, address.port)
+            self._metrics_servers.append(metrics_server)
+            host, port = metrics_server.address
+            self.listeners.append(Listener("metrics", Address(host, port)))
+            log.info("listening: metrics on %s:%d", host, port)
         self._sweeper = loop.create_task(registry.sweep_forever())
         # Everything built so far lives as long as the process: keep it out of
         # the cyclic collector's way (it would walk it on every full collection).
@@ -347,6 +386,8 @@ class MailslotServer:
             await asyncio.sleep(0)
         await lmtp
         await self._backend.drain()
+        for metrics_server in self._metrics_servers:
+            metrics_server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._auth_executor.shutdown(wait=False, cancel_futures=True)

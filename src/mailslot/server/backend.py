@@ -31,6 +31,7 @@ from mailslot.auth.penalty import FailedLoginTracker
 from mailslot.logfmt import printable
 from mailslot.pop3.apop import apop_matches
 from mailslot.server.driver import Flow, LoginTooSoon
+from mailslot.server.metrics import Metrics
 from mailslot.store import Maildrop, MaildropStore
 
 log = logging.getLogger("mailslot.auth")
@@ -56,6 +57,7 @@ class StoreBackend:
         login_delay: int = 0,
         cache: CredentialCache | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._users = users
         self._store = store
@@ -66,6 +68,7 @@ class StoreBackend:
         self._login_delay = login_delay
         self._cache = cache
         self._clock = clock
+        self._metrics = metrics
         self._counter = itertools.count()
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -142,9 +145,13 @@ class StoreBackend:
             await self._fail(remote, login, "bad credentials")
             return None
         self._penalties.succeeded(remote, login)
+        if self._metrics is not None:
+            self._metrics.login(ok=True)
         return account.name
 
     async def _fail(self, remote: str, login: str, why: str) -> None:
+        if self._metrics is not None:
+            self._metrics.login(ok=False)
         delay = self._penalties.failed(remote, login)
         # One line a failure, for fail2ban: see README "Security".
         log.warning(
@@ -172,7 +179,10 @@ class StoreBackend:
             last = record.last_login if record else None
             if last is not None and now - last < self._login_delay:
                 raise LoginTooSoon
+        started = time.perf_counter()
         maildrop = self._store.open(account.user, account.domain)
+        if self._metrics is not None:
+            self._metrics.open_seconds.observe(time.perf_counter() - started)
         if self._login_delay:
             try:
                 self._users.record_login(account, now)

@@ -115,6 +115,10 @@ class Registry(Protocol):
 
     def release(self, connection: Pop3Connection) -> None: ...
 
+    def ended(self, stats: SessionStatistics, reason: str) -> None:
+        """A session is over (after ``release``): count it."""
+        ...
+
     def now(self) -> float: ...
 
 
@@ -499,7 +503,9 @@ class Pop3Connection(asyncio.Protocol):
         self._flow = None
         self._release_maildrop()
         self._registry.release(self)
-        log_session_end(session.statistics(), self.remote, self._reason)
+        stats = session.statistics()
+        log_session_end(stats, self.remote, self._reason)
+        self._registry.ended(stats, self._reason)
 
 
 def _is_loopback(address: str) -> bool:

@@ -67,6 +67,7 @@ from mailslot.delivery.lmtp import (
     RecipientRequested,
 )
 from mailslot.logfmt import printable
+from mailslot.server.metrics import Metrics
 from mailslot.store import DeliveryError
 
 if TYPE_CHECKING:
@@ -188,6 +189,7 @@ class LmtpConnection:
 
     __slots__ = (
         "_accounts",
+        "_metrics",
         "_options",
         "_quota",
         "_reader",
@@ -209,7 +211,9 @@ class LmtpConnection:
         store: DeliveryStore,
         options: LmtpOptions,
         quota: QuotaLookup | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._reader = reader
         self._writer = writer
         self._resolver = resolver
@@ -359,6 +363,15 @@ class LmtpConnection:
     async def _deliver_all(
         self, sender: str, recipients: Sequence[Recipient]
     ) -> list[DeliveryResult]:
+        results = await self._deliver_each(sender, recipients)
+        if self._metrics is not None:
+            for result in results:
+                self._metrics.delivery(result.code)
+        return results
+
+    async def _deliver_each(
+        self, sender: str, recipients: Sequence[Recipient]
+    ) -> list[DeliveryResult]:
         try:
             if self._spool_error is not None:
                 failed = SYSTEM_FULL if _is_full(self._spool_error) else TEMPORARY_FAILURE
@@ -486,7 +499,9 @@ class LmtpListener:
         store: DeliveryStore,
         options: LmtpOptions | None = None,
         quota: QuotaLookup | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._resolver = resolver
         self._store = store
         self._options = options if options is not None else LmtpOptions()
@@ -546,6 +561,7 @@ class LmtpListener:
                 store=self._store,
                 options=self._options,
                 quota=self._quota,
+                metrics=self._metrics,
             )
             await connection.run()
         except asyncio.CancelledError:
