@@ -216,6 +216,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  pop3s listen {address}")
     for address in settings.lmtp_listen:
         print(f"  lmtp listen {address}")
+    for address in settings.metrics_listen:
+        print(f"  metrics listen {address}")
     if settings.lmtp_socket:
         print(f"  lmtp socket {settings.data_path(settings.lmtp_socket)}")
     print(f"  mail location {settings.mail_template}")

@@ -59,9 +59,14 @@ def test_serve_refuses_an_unusable_lock_file(tmp_path: Path) -> None:
 
 
 def test_lock_file_setting_is_relative_to_the_data_dir(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "data", storage__lock_file="run/maildrops.locks")
+    config = write_config(
+        tmp_path / "data",
+        storage__lock_file="run/maildrops.locks",
+        metrics__listen=["127.0.0.1:9110"],
+    )
     result = cli("check-config", "-c", str(config))
     assert result.returncode == 0, result.stderr
+    assert b"metrics listen 127.0.0.1:9110" in result.stdout
     expected = tmp_path / "data" / "run" / "maildrops.locks"
     assert f"maildrop locks {expected}".encode() in result.stdout
     assert expected.exists()
