@@ -79,6 +79,7 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     assert after['mailslot_lmtp_recipients_total{result="delivered"}'] == 1  # "nobody": at RCPT
     assert after["mailslot_pop3_connections"] == 0
     assert after["mailslot_maildrops_locked"] == 0
+    assert after["process_resident_memory_bytes"] > 0 and after["process_open_fds"] > 0
 
 
 def test_no_metrics_listener_by_default(tmp_path: Path) -> None:

@@ -16,7 +16,13 @@ from collections.abc import Callable, Iterator
 from typing import Final
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -46,6 +52,7 @@ class Metrics:
         reg = self.registry
         self._live = _Live()
         reg.register(self._live)
+        ProcessCollector(registry=reg)  # process_*: memory, CPU, open descriptors
         self.sessions = Counter(
             "mailslot_pop3_sessions", "POP3 sessions ended, by reason", ["reason"], registry=reg
         )
