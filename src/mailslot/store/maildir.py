@@ -346,8 +346,8 @@ def _read_uidlist(maildir: str) -> _Uidlist:
             text = file.read().decode("utf-8", "surrogateescape")
     except FileNotFoundError:
         return _Uidlist(validity=_new_validity(), next_uid=1, rows=[], clean=False, on_disk=False)
-    lines = text.split("\n")
-    header = lines[0].split(" ")
+    first_line = text.partition("\n")[0]
+    header = first_line.split(" ")
     cur_mtime = None
     if len(header) == 5 and header[4].isascii() and header[4].isdigit():
         cur_mtime = int(header.pop())
@@ -365,8 +365,8 @@ def _read_uidlist(maildir: str) -> _Uidlist:
         return _Uidlist(validity=_new_validity(), next_uid=1, rows=[], clean=False, on_disk=False)
     # One C-level regex pass over the whole file instead of a Python loop of
     # splits and checks: this is the hot part of opening a large maildrop.
-    rows = _UIDLIST_LINE.findall(text, len(lines[0]) + 1)
-    expected = len(lines) - 2 if lines[-1] == "" else -1  # -1: no final newline
+    rows = _UIDLIST_LINE.findall(text, len(first_line) + 1)
+    expected = text.count("\n") - 1 if text.endswith("\n") else -1  # -1: no final newline
     clean = len(rows) == expected
     if not clean:
         _log.warning("%s: skipped malformed lines", path)
@@ -609,14 +609,13 @@ class MaildirMaildrop:
 
     def _trust(self, uidlist: _Uidlist) -> bool:
         """Take the snapshot from the list alone (see "Warm opens")."""
-        rows = uidlist.rows
-        try:
-            infos = [MessageInfo(uid, int(size)) for uid, size, _name in rows]
-        except ValueError:  # a size not cached: take the slow path
-            return False
-        self._names = [name for _uid, _size, name in rows]
+        uids, sizes, names = zip(*uidlist.rows, strict=True) if uidlist.rows else ((), (), ())
+        digits = "".join(sizes)
+        if not (digits.isascii() and digits.isdigit()) and sizes:
+            return False  # a size not cached ("-"): take the slow path
+        self._names = list(names)
         self._bases = None
-        self._messages = tuple(infos)
+        self._messages = tuple(_infos(uids, map(int, sizes)))
         self._validity, self._next_uid = uidlist.validity, uidlist.next_uid
         return True
 
