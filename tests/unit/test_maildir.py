@@ -933,6 +933,8 @@ def test_symlinks_and_directories_in_cur_are_never_read(
     os.symlink(secret, maildir / "cur" / "1700000000.M1P1.h:2,")  # no size in the name
     os.symlink(secret, maildir / "cur" / "1700000001.M1P1.h,S=9,W=10:2,")  # a size in the name
     os.mkdir(maildir / "cur" / "1700000002.M1P1.h,W=5:2,")
+    os.mkfifo(maildir / "cur" / "1700000003.M1P1.h,W=5:2,")  # would block a plain open
+    os.mkfifo(maildir / "cur" / "1700000004.M1P1.h:2,")
     with drop(store) as md:
         found = []
         for index in range(len(md.messages)):

@@ -187,7 +187,9 @@ def _open_regular(path: str) -> BinaryIO:
     anything but a regular file (``FileNotFoundError`` otherwise, as if
     it were not there)."""
     try:
-        fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+        # O_NONBLOCK: a FIFO planted in cur/ must not block the open (a
+        # regular file ignores the flag); the check below then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _OPEN_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise FileNotFoundError(errno.ENOENT, "a symlink, not a message", path) from None
