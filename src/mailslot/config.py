@@ -15,6 +15,7 @@ there is no file).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -24,6 +25,8 @@ from typing import Any
 
 DEFAULT_MAIL_LOCATION = "{data_dir}/mail/{domain}/{user}/Maildir"
 DEFAULT_DATA_DIR = "mailslot-data"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -65,6 +68,14 @@ def _addresses(value: object) -> tuple[Address, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError('expected a list of "host:port" strings')
     return tuple(parse_address(v) for v in value)
+
+
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('expected a list of networks such as "10.0.0.0/8"')
+    return tuple(ipaddress.ip_network(v, strict=False) for v in value)
 
 
 def _int(low: int, high: int | None = None) -> Callable[[object], int]:
@@ -190,6 +201,15 @@ class Settings:
     )
     run_group: str | None = _opt("server.group", None, _optional_str, "group to switch to")
     allow_root: bool = _opt("server.allow_root", False, _bool, "serve as root (not advised)")
+    proxy_networks: tuple[IPNetwork, ...] = _opt(
+        "server.proxy_networks",
+        (),
+        _networks,
+        "load balancers whose connections start with a PROXY protocol header",
+    )
+    proxy_timeout: float = _opt(
+        "server.proxy_timeout", 5.0, _seconds(0.1), "seconds a balancer gets to send the header"
+    )
     pop3_listen: tuple[Address, ...] = _opt(
         "pop3.listen", (Address("127.0.0.1", 110),), _addresses, "POP3 (plain/STLS) listeners"
     )

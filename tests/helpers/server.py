@@ -154,6 +154,14 @@ class ProcessServer:
         return self.proc.returncode
 
 
+def free_port() -> int:
+    """A loopback port free now (for programs that need one in advance)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def write_config(data_dir: Path, **overrides: object) -> Path:
     """A config file for ``mailslot serve``; keys as in ``make_settings``."""
     values = {"server.data_dir": str(data_dir), **CONFIG_DEFAULTS}

@@ -18,14 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.clients import require_binary
-from tests.helpers.server import ProcessServer, cli, write_config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.helpers.server import ProcessServer, cli, free_port, write_config
 
 
 def test_check_config_reports_key_and_exits_2(tmp_path: Path) -> None:

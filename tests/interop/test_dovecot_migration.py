@@ -35,7 +35,7 @@ import pytest
 from mailslot.server.app import open_store
 from mailslot.store.migrate import import_dovecot_maildir
 from tests.helpers.clients import require_binary
-from tests.helpers.server import add_user, make_settings, running
+from tests.helpers.server import add_user, free_port, make_settings, running
 
 pytestmark = pytest.mark.interop
 
@@ -101,13 +101,6 @@ class RunAs:
     internal_user: str
     internal_group: str
     login_user: str
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

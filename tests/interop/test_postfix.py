@@ -46,7 +46,7 @@ import pytest
 
 from tests.helpers.clients import require_binary
 from tests.helpers.mail import SENDER, compare, delivered, tricky_messages
-from tests.helpers.server import ProcessServer, cli, write_config
+from tests.helpers.server import ProcessServer, cli, free_port, write_config
 
 pytestmark = pytest.mark.interop
 
@@ -104,13 +104,6 @@ anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

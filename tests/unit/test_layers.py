@@ -15,6 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "wire": set(),
     "config": set(),
     "logfmt": set(),
+    "proxyproto": set(),
     "pop3": {"wire"},
     "sasl": set(),
     "store": {"wire"},

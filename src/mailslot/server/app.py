@@ -34,6 +34,7 @@ from mailslot.server.backend import CredentialCache, StoreBackend
 from mailslot.server.driver import DriverOptions, Pop3Connection
 from mailslot.server.lmtp import LmtpListener, LmtpOptions, UserDBResolver
 from mailslot.server.metrics import Metrics, MetricsServer
+from mailslot.server.proxied import ProxiedListener, bind
 from mailslot.store.maildir import MaildirStore
 
 log = logging.getLogger("mailslot.server")
@@ -41,6 +42,7 @@ log = logging.getLogger("mailslot.server")
 TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 TOO_MANY_FROM_ADDRESS = b"-ERR [SYS/TEMP] Too many connections from your address\r\n"
 SHUTTING_DOWN = b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n"
+_BACKLOG = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +221,7 @@ class MailslotServer:
             apop=settings.apop,
             sasl_mechanisms=settings.mechanisms,
         )
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | ProxiedListener] = []
         self._registry: ConnectionRegistry | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
@@ -297,18 +299,33 @@ class MailslotServer:
         for protocol, address, implicit in plans:
             options = self._driver_options(implicit_tls=implicit)
 
-            def factory(options: DriverOptions = options) -> Pop3Connection:
-                return Pop3Connection(backend=self._backend, options=options, registry=registry)
+            def factory(remote: str = "", options: DriverOptions = options) -> Pop3Connection:
+                return Pop3Connection(
+                    backend=self._backend, options=options, registry=registry, remote=remote
+                )
 
-            server = await loop.create_server(
-                factory,
-                address.host,
-                address.port,
-                reuse_address=True,
-                backlog=1024,
-                ssl=self.tls_context if implicit else None,
-                ssl_handshake_timeout=self._settings.tls_handshake_timeout if implicit else None,
-            )
+            tls_context = self.tls_context if implicit else None
+            handshake = self._settings.tls_handshake_timeout
+            server: asyncio.Server | ProxiedListener
+            if self._settings.proxy_networks:
+                server = ProxiedListener(
+                    bind(address.host, address.port, _BACKLOG),
+                    factory,
+                    networks=self._settings.proxy_networks,
+                    header_timeout=self._settings.proxy_timeout,
+                    tls_context=tls_context,
+                    handshake_timeout=handshake,
+                )
+            else:
+                server = await loop.create_server(
+                    factory,
+                    address.host,
+                    address.port,
+                    reuse_address=True,
+                    backlog=_BACKLOG,
+                    ssl=tls_context,
+                    ssl_handshake_timeout=handshake if implicit else None,
+                )
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]

@@ -153,7 +153,14 @@ class Pop3Connection(asyncio.Protocol):
         "remote",
     )
 
-    def __init__(self, *, backend: Backend, options: DriverOptions, registry: Registry) -> None:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        options: DriverOptions,
+        registry: Registry,
+        remote: str = "",
+    ) -> None:
         self._backend = backend
         self._options = options
         self._registry = registry
@@ -168,7 +175,9 @@ class Pop3Connection(asyncio.Protocol):
         self._closed = False
         self._reason = "disconnected"
         self.last_active = registry.now()
-        self.remote = "unknown"
+        # The client's address: given when a PROXY protocol listener knows
+        # it, else taken from the socket.
+        self.remote = remote
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -176,8 +185,9 @@ class Pop3Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self.remote = str(peer[0]) if isinstance(peer, tuple) else "local"
+        if not self.remote:
+            peer = transport.get_extra_info("peername")
+            self.remote = str(peer[0]) if isinstance(peer, tuple) else "local"
         # Keep a whole message chunk or two in flight before pausing, so a fast
         # reader is never starved between chunks.
         transport.set_write_buffer_limits(high=2 * MESSAGE_CHUNK, low=MESSAGE_CHUNK // 2)
