@@ -214,6 +214,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  pop3 listen {address}")
     for address in settings.pop3s_listen:
         print(f"  pop3s listen {address}")
+    if settings.proxy_networks:
+        networks = ", ".join(map(str, settings.proxy_networks))
+        print(f"  PROXY protocol required from {networks}")
     for address in settings.lmtp_listen:
         print(f"  lmtp listen {address}")
     for address in settings.metrics_listen:

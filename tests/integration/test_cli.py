@@ -56,10 +56,12 @@ def test_lock_file_setting_is_relative_to_the_data_dir(tmp_path: Path) -> None:
         tmp_path / "data",
         storage__lock_file="run/maildrops.locks",
         metrics__listen=["127.0.0.1:9110"],
+        server__proxy_networks=["10.0.0.5", "2001:db8::/32"],
     )
     result = cli("check-config", "-c", str(config))
     assert result.returncode == 0, result.stderr
     assert b"metrics listen 127.0.0.1:9110" in result.stdout
+    assert b"PROXY protocol required from 10.0.0.5/32, 2001:db8::/32" in result.stdout
     expected = tmp_path / "data" / "run" / "maildrops.locks"
     assert f"maildrop locks {expected}".encode() in result.stdout
     assert expected.exists()
