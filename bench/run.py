@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -934,8 +935,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SystemExit unwinds the ``finally`` blocks that stop the servers.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(argv)
     profile = QUICK if args.quick else FULL
     if args.runs is not None:
