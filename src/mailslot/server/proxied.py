@@ -50,7 +50,10 @@ async def read_header(sock: socket.socket) -> ProxyHeader:
     loop = asyncio.get_running_loop()
     while True:
         await _readable(loop, sock)
-        data = sock.recv(MAX_HEADER, socket.MSG_PEEK)
+        try:
+            data = sock.recv(MAX_HEADER, socket.MSG_PEEK)
+        except BlockingIOError:  # woken without data after all
+            continue
         if not data:
             raise ConnectionResetError("closed before the PROXY header")
         header = parse_header(data)
