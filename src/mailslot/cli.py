@@ -161,7 +161,7 @@ async def _serve(settings: Settings, *, ready: Callable[[], None] | None = None)
         server = MailslotServer(settings)
     except TlsConfigError as exc:
         raise CliError(f"TLS: {exc}", EX_USAGE) from None
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         raise CliError(f"config error: {exc}", EX_USAGE) from None
     try:
         listeners = await server.start()
@@ -191,7 +191,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from mailslot.server.app import open_store, prepare_lock_file, tls_files  # noqa: PLC0415
+    from mailslot.server.app import (  # noqa: PLC0415
+        gss_contexts,
+        open_store,
+        prepare_lock_file,
+        tls_files,
+    )
     from mailslot.server.tls import TlsConfigError, server_context  # noqa: PLC0415
 
     settings = _settings(args)
@@ -209,6 +214,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             server_context(files, min_version=settings.tls_min_version)
         except TlsConfigError as exc:
             raise CliError(f"config error: tls: {exc}", EX_USAGE) from None
+    try:
+        gss_contexts(settings)
+    except ConfigError as exc:
+        raise CliError(f"config error: {exc}", EX_USAGE) from None
     print(f"config OK: data directory {settings.data_dir}")
     for address in settings.pop3_listen:
         print(f"  pop3 listen {address}")
@@ -223,6 +232,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  metrics listen {address}")
     if settings.lmtp_socket:
         print(f"  lmtp socket {settings.data_path(settings.lmtp_socket)}")
+    if settings.gssapi_keytab_path is not None:
+        print(f"  GSSAPI keytab {settings.gssapi_keytab_path}")
     print(f"  mail location {settings.mail_template}")
     print(f"  maildrop locks {store.locks.path}")
     print(f"  user database {settings.user_db_path}")

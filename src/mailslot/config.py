@@ -162,7 +162,7 @@ def _tls_version(value: object) -> str:
     return str(value)
 
 
-SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "CRAM-MD5")
+SASL_MECHANISMS = ("GSSAPI", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "CRAM-MD5")
 
 
 def _mechanisms(value: object) -> tuple[str, ...]:
@@ -268,6 +268,9 @@ class Settings:
         _mechanisms,
         "SASL mechanisms offered",
     )
+    gssapi_keytab: str | None = _opt(
+        "auth.gssapi_keytab", None, _optional_str, "Kerberos keytab for the GSSAPI mechanism"
+    )
     apop: bool = _opt("auth.apop", False, _bool, "offer APOP (needs stored secrets; MD5)")
     store_secrets: bool = _opt(
         "auth.store_secrets", False, _bool, "keep recoverable secrets for APOP/CRAM-MD5"
@@ -293,6 +296,11 @@ class Settings:
     @property
     def user_db_path(self) -> Path:
         return self.data_dir / self.user_db
+
+    @property
+    def gssapi_keytab_path(self) -> str | None:
+        """``auth.gssapi_keytab`` relative to the data directory."""
+        return None if self.gssapi_keytab is None else str(self.data_path(self.gssapi_keytab))
 
     @property
     def tls_enabled(self) -> bool:
@@ -365,6 +373,8 @@ def load_settings(
         raise ConfigError("auth.mechanisms", "CRAM-MD5 needs auth.store_secrets = true")
     if settings.apop and not settings.store_secrets:
         raise ConfigError("auth.apop", "APOP needs auth.store_secrets = true")
+    if "GSSAPI" in settings.mechanisms and settings.gssapi_keytab is None:
+        raise ConfigError("auth.mechanisms", "GSSAPI needs auth.gssapi_keytab")
     return settings
 
 

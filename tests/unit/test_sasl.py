@@ -86,14 +86,27 @@ def b64(data: bytes) -> str:
 
 
 def test_mechanisms() -> None:
-    assert sasl.MECHANISMS == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "CRAM-MD5")
+    assert sasl.MECHANISMS == (
+        "GSSAPI",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+        "LOGIN",
+        "CRAM-MD5",
+    )
     assert frozenset({"PLAIN", "LOGIN"}) == sasl.CLEARTEXT_MECHANISMS
     assert frozenset({"CRAM-MD5"}) == sasl.SECRET_MECHANISMS
 
 
-@pytest.mark.parametrize("name", ["DIGEST-MD5", "SCRAM-SHA-256-PLUS", "", "PLAIN\x00", "GSSAPI"])
+@pytest.mark.parametrize(
+    "name", ["DIGEST-MD5", "SCRAM-SHA-256-PLUS", "", "PLAIN\x00", "KERBEROS_V4"]
+)
 def test_unsupported_mechanism_fails_at_once(name: str) -> None:
     assert first_step(start(name, b"\x00a\x00b")) == Failure(reason="unsupported mechanism")
+
+
+def test_gssapi_without_a_context_fails_at_once() -> None:
+    assert first_step(start("GSSAPI", b"token")) == Failure(reason="GSSAPI is not configured")
 
 
 def test_mechanism_names_are_case_insensitive() -> None:
@@ -955,3 +968,112 @@ def test_scram_mutated_messages_never_raise_or_succeed(mechanism: str, hash_name
             lambda s, replies=replies: next(replies),  # type: ignore[misc]
         )
         assert isinstance(outcome, Failure)
+
+
+# ------------------------------------------------------------------- GSSAPI
+# The GSS-API calls are the driver's (tests/integration/test_gssapi.py runs
+# them against a real KDC); here a scripted driver checks the sequencing.
+
+
+class ScriptedGss:
+    """Answers GSSAPI steps: ``rounds`` AP exchanges, "wrapping" by prefix."""
+
+    def __init__(self, rounds: int = 1, last_token: bytes = b"ap-rep") -> None:
+        self.rounds = rounds
+        self.last_token = last_token
+        self.client_choice = bytes([1, 0, 0, 0])
+        self.seen: list[bytes] = []
+
+    def __call__(self, step: Step) -> object:
+        match step:
+            case sasl.GssAccept(context=context, token=token):
+                assert context is self
+                self.seen.append(token)
+                if token == b"bad":
+                    return None
+                if len(self.seen) < self.rounds:
+                    return sasl.GssResult(token=b"more", complete=False)
+                return sasl.GssResult(
+                    token=self.last_token, complete=True, principal="tim@EXAMPLE.ORG"
+                )
+            case sasl.GssWrap(data=data):
+                return b"W" + data
+            case sasl.GssUnwrap(data=data):
+                return data[1:] if data.startswith(b"W") else None
+            case sasl.MapPrincipal(principal="tim@EXAMPLE.ORG", authzid=authzid):
+                return "tim" if authzid in ("", "tim") else None
+            case Challenge(data=b"ap-rep"):
+                return b""
+            case Challenge(data=data) if data.startswith(b"W"):
+                return b"W" + self.client_choice
+            case Challenge(data=b"more"):
+                return b"token-2"
+            case Challenge(data=b""):
+                return b"token-1"
+        raise AssertionError(step)
+
+
+def test_gssapi_kerberos_exchange() -> None:
+    gss = ScriptedGss()
+    steps, outcome = drive(start("GSSAPI", b"ap-req", gss_context=gss), gss)
+    assert outcome == Success(authcid="tim")
+    assert [type(step).__name__ for step in steps] == [
+        "GssAccept",
+        "Challenge",  # the AP-REP, answered with nothing
+        "GssWrap",
+        "Challenge",  # the wrapped offer: no security layer, size 0
+        "GssUnwrap",
+        "MapPrincipal",
+    ]
+    assert steps[3] == Challenge(data=b"W\x01\x00\x00\x00")
+    assert gss.seen == [b"ap-req"]
+
+
+def test_gssapi_without_initial_response_and_several_rounds() -> None:
+    gss = ScriptedGss(rounds=2, last_token=b"")
+    steps, outcome = drive(start("GSSAPI", gss_context=gss), gss)
+    assert outcome == Success(authcid="tim")
+    assert steps[0] == Challenge(data=b"")
+    assert gss.seen == [b"token-1", b"token-2"]
+    # No last output token: no empty round trip before the offer.
+    assert [type(s).__name__ for s in steps[4:]] == [
+        "GssWrap",
+        "Challenge",
+        "GssUnwrap",
+        "MapPrincipal",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"token": b"bad"}, "GSS-API token refused"),
+        ({"choice": bytes([2, 0, 16, 0])}, "security layer not offered"),
+        ({"choice": bytes([1, 0, 0])}, "malformed message"),
+        ({"choice": bytes([1, 0, 0, 0]) + b"root"}, "principal not allowed"),
+        ({"choice": bytes([1, 0, 0, 0]) + b"\xff"}, "not UTF-8"),
+        ({"rounds": 9}, "too many GSS-API rounds"),
+        ({"unwrap": b"X1234"}, "malformed message"),
+        ({"after_last": b"extra"}, "unexpected data after the last token"),
+    ],
+)
+def test_gssapi_failures(change: dict[str, object], reason: str) -> None:
+    gss = ScriptedGss(rounds=int(change.get("rounds", 1)))  # type: ignore[call-overload]
+    gss.client_choice = change.get("choice", gss.client_choice)  # type: ignore[assignment]
+
+    def respond(step: Step) -> object:
+        if "unwrap" in change and isinstance(step, Challenge) and step.data.startswith(b"W"):
+            return change["unwrap"]
+        if "after_last" in change and step == Challenge(data=b"ap-rep"):
+            return change["after_last"]
+        return gss(step)
+
+    _, outcome = drive(start("GSSAPI", change.get("token", b"ap-req"), gss_context=gss), respond)  # type: ignore[arg-type]
+    assert outcome == Failure(reason=reason)
+
+
+def test_gssapi_wrong_reply_types_are_driver_bugs() -> None:
+    flow = start("GSSAPI", b"ap-req", gss_context=object())
+    assert isinstance(next(flow), sasl.GssAccept)
+    with pytest.raises(TypeError):
+        flow.send(b"not a GssResult")

@@ -12,6 +12,7 @@ A mechanism run is a generator, in the shape of httpx's auth flows::
             case sasl.VerifyPassword():          reply = <bool>
             case sasl.LookupSecret():            reply = <str | None>
             case sasl.LookupScram():             reply = <ScramCredentials | None>
+            case sasl.GssAccept() | ...:         reply = <see base.py>
         try:
             step = flow.send(reply)
         except StopIteration as stop:
@@ -31,7 +32,8 @@ reason that never echoes the input: it is written to logs.  It never raises,
 except ``TypeError`` when the driver replies with the wrong type, and
 ``ValueError`` for a bad injected hostname or nonce (both driver bugs).
 
-Mechanisms (``MECHANISMS``, strongest first): SCRAM-SHA-256 and SCRAM-SHA-1
+Mechanisms (``MECHANISMS``, strongest first): GSSAPI (RFC 4752, Kerberos V5;
+the GSS-API calls are the driver's), SCRAM-SHA-256 and SCRAM-SHA-1
 (RFC 7677, RFC 5802; no -PLUS), PLAIN (RFC 4616), LOGIN (obsolete, for old
 clients) and CRAM-MD5 (RFC 2195, legacy; needs a stored plaintext secret).
 
@@ -43,8 +45,13 @@ from mailslot.sasl.base import (
     Challenge,
     Failure,
     Flow,
+    GssAccept,
+    GssResult,
+    GssUnwrap,
+    GssWrap,
     LookupScram,
     LookupSecret,
+    MapPrincipal,
     Outcome,
     ScramCredentials,
     Step,
@@ -71,8 +78,13 @@ __all__ = [
     "Challenge",
     "Failure",
     "Flow",
+    "GssAccept",
+    "GssResult",
+    "GssUnwrap",
+    "GssWrap",
     "LookupScram",
     "LookupSecret",
+    "MapPrincipal",
     "Outcome",
     "ScramCredentials",
     "Step",

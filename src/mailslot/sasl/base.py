@@ -12,7 +12,15 @@ step               reply the driver sends back
 ``VerifyPassword`` ``bool``: the password is right for ``authcid``
 ``LookupSecret``   ``str | None``: the recoverable secret, None if unknown
 ``LookupScram``    ``ScramCredentials | None``: None if unknown
+``GssAccept``      ``GssResult | None``: None if the token was refused
+``GssWrap``        ``bytes``: the wrapped message
+``GssUnwrap``      ``bytes | None``: None if it does not unwrap
+``MapPrincipal``   ``str | None``: the login name, None if not allowed
 =================  ==========================================================
+
+The ``Gss*`` steps carry ``context``, an opaque per-exchange object the
+driver passed to ``start``: the GSS-API security context lives with the
+driver, which has the keytab; the mechanism only sequences the exchange.
 
 The flow ends by returning an ``Outcome`` (``StopIteration.value``):
 ``Success(authcid=...)`` or ``Failure(reason=...)``.  Client input can only
@@ -31,8 +39,13 @@ __all__ = [
     "Challenge",
     "Failure",
     "Flow",
+    "GssAccept",
+    "GssResult",
+    "GssUnwrap",
+    "GssWrap",
     "LookupScram",
     "LookupSecret",
+    "MapPrincipal",
     "Outcome",
     "ScramCredentials",
     "Step",
@@ -82,6 +95,48 @@ class LookupScram:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GssAccept:
+    """GSS_Accept_sec_context on ``context`` with the client's ``token``;
+    reply with a ``GssResult``, or None if the token was refused."""
+
+    context: object
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GssResult:
+    token: bytes  # the output token, b"" if none
+    complete: bool
+    principal: str = ""  # the client's principal name, once complete
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GssWrap:
+    """GSS_Wrap ``data`` (integrity only); reply with the wrapped octets."""
+
+    context: object
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GssUnwrap:
+    """GSS_Unwrap ``data``; reply with the plain octets, or None."""
+
+    context: object
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapPrincipal:
+    """May Kerberos ``principal`` log in, as ``authzid`` if not empty?  Reply
+    with the login name it maps to, or None."""
+
+    context: object
+    principal: str
+    authzid: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScramCredentials:
     """What a server stores for SCRAM (RFC 5802 §3): never the password."""
 
@@ -105,7 +160,16 @@ class Failure:
     reason: str
 
 
-Step: TypeAlias = Challenge | VerifyPassword | LookupSecret | LookupScram
+Step: TypeAlias = (
+    Challenge
+    | VerifyPassword
+    | LookupSecret
+    | LookupScram
+    | GssAccept
+    | GssWrap
+    | GssUnwrap
+    | MapPrincipal
+)
 Outcome: TypeAlias = Success | Failure
 Flow: TypeAlias = Generator[Step, object, Outcome]
 

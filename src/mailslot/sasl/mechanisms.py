@@ -26,12 +26,20 @@ from mailslot.sasl.base import (
     utf8,
     verify_password,
 )
+from mailslot.sasl.gssapi import gssapi_flow
 from mailslot.sasl.scram import scram_flow
 
 __all__ = ["CLEARTEXT_MECHANISMS", "MECHANISMS", "SECRET_MECHANISMS", "start"]
 
 #: Every mechanism ``start`` runs, strongest first (the order to advertise).
-MECHANISMS: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "CRAM-MD5")
+MECHANISMS: tuple[str, ...] = (
+    "GSSAPI",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1",
+    "PLAIN",
+    "LOGIN",
+    "CRAM-MD5",
+)
 #: Mechanisms that send the password itself: offer them only under TLS
 #: (RFC 2595 §2.3; RFC 8314).
 CLEARTEXT_MECHANISMS: frozenset[str] = frozenset({"PLAIN", "LOGIN"})
@@ -64,6 +72,7 @@ def start(
     nonce: Callable[[], str] = _random_nonce,
     clock: Callable[[], float] = time.time,
     server_secret: bytes = _PROCESS_SECRET,
+    gss_context: object | None = None,
 ) -> Flow:
     """Start one exchange of *mechanism* (case-insensitive; see ``MECHANISMS``).
 
@@ -72,8 +81,10 @@ def start(
     CRAM-MD5 challenge; *nonce* and *clock* make challenges unique (inject
     them to make tests deterministic); *server_secret* keys the fake SCRAM
     salts of unknown users (pass a persistent one so that they do not change
-    when the server restarts).  An unknown mechanism gives a flow that fails
-    at once.  ``ValueError`` for an invalid *hostname* (configuration).
+    when the server restarts); *gss_context* is the driver's GSS-API context
+    for this exchange, passed back in the GSSAPI steps (without one, GSSAPI
+    fails at once).  An unknown mechanism gives a flow that fails at once.
+    ``ValueError`` for an invalid *hostname* (configuration).
     """
     if not _HOSTNAME.fullmatch(hostname):
         raise ValueError("hostname is not valid in a CRAM-MD5 challenge")
@@ -86,6 +97,8 @@ def start(
             body = _login(initial_response)
         case "CRAM-MD5":
             body = _cram_md5(initial_response, hostname=hostname, nonce=nonce, clock=clock)
+        case "GSSAPI":
+            body = gssapi_flow(initial_response, gss_context)
         case "SCRAM-SHA-1" | "SCRAM-SHA-256":
             body = scram_flow(
                 name.removeprefix("SCRAM-"),

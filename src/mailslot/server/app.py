@@ -21,6 +21,7 @@ import resource
 import signal
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -30,7 +31,7 @@ from mailslot.config import Address, ConfigError, Settings
 from mailslot.delivery.lmtp import LmtpSessionOptions
 from mailslot.pop3.session import SessionOptions, SessionStatistics
 from mailslot.server import tls
-from mailslot.server.backend import CredentialCache, StoreBackend
+from mailslot.server.backend import CredentialCache, GssContext, StoreBackend
 from mailslot.server.driver import DriverOptions, Pop3Connection
 from mailslot.server.lmtp import LmtpListener, LmtpOptions, UserDBResolver
 from mailslot.server.metrics import Metrics, MetricsServer
@@ -82,6 +83,23 @@ def prepare_lock_file(store: MaildirStore) -> None:
         raise ConfigError(
             "storage.lock_file", f"cannot open {store.locks.path}: {exc.strerror}"
         ) from None
+
+
+def gss_contexts(settings: Settings) -> Callable[[], GssContext] | None:
+    """A factory of GSSAPI acceptor contexts when ``auth.mechanisms`` lists
+    GSSAPI; ``ConfigError`` if the package or the keytab is missing."""
+    keytab = settings.gssapi_keytab_path
+    if "GSSAPI" not in settings.mechanisms or keytab is None:
+        return None
+    try:
+        from mailslot.auth import gssapi  # noqa: PLC0415 (an optional dependency)
+    except ImportError as exc:
+        raise ConfigError("auth.mechanisms", str(exc)) from None
+    try:
+        credentials = gssapi.acceptor_credentials(keytab)
+    except gssapi.GssError as exc:
+        raise ConfigError("auth.gssapi_keytab", str(exc)) from None
+    return lambda: gssapi.GssAcceptor(credentials)
 
 
 def tls_files(settings: Settings) -> tls.TlsFiles | None:
@@ -209,6 +227,7 @@ class MailslotServer:
             login_delay=settings.login_delay,
             cache=CredentialCache(ttl=settings.cache_ttl) if settings.cache_ttl else None,
             metrics=self.metrics,
+            gss_context=gss_contexts(settings),
         )
         self._session_options = SessionOptions(
             expire=settings.expire,

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Protocol, TypeVar, cast
 
 from mailslot import sasl
 from mailslot.auth import Account, InvalidName, UserDB, parse_login
@@ -36,6 +36,19 @@ from mailslot.store import Maildrop, MaildropStore
 
 log = logging.getLogger("mailslot.auth")
 T = TypeVar("T")
+
+
+class GssContext(Protocol):
+    """One GSSAPI exchange's security context (``auth.gssapi.GssAcceptor``)."""
+
+    def accept(self, token: bytes) -> sasl.GssResult | None: ...
+
+    def wrap(self, data: bytes) -> bytes: ...
+
+    def unwrap(self, data: bytes) -> bytes | None: ...
+
+    def login(self, principal: str, authzid: str) -> str | None: ...
+
 
 # A secret no user has: APOP/CRAM-MD5 attempts for unknown users compute a
 # digest against it, so they cost the same as a wrong secret.
@@ -58,8 +71,10 @@ class StoreBackend:
         cache: CredentialCache | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        gss_context: Callable[[], GssContext] | None = None,
     ) -> None:
         self._users = users
+        self._gss_context = gss_context
         self._store = store
         self._auth_executor = auth_executor
         self._hostname = hostname
@@ -115,7 +130,10 @@ class StoreBackend:
         return parse_login(username, default_domain=self._default_domain)
 
     def sasl_start(self, mechanism: str, initial_response: bytes | None) -> Flow:
-        return sasl.start(mechanism, initial_response, hostname=self._hostname)
+        context = None
+        if self._gss_context is not None and mechanism.upper() == "GSSAPI":
+            context = self._gss_context()
+        return sasl.start(mechanism, initial_response, hostname=self._hostname, gss_context=context)
 
     async def sasl_fulfil(self, step: sasl.Step) -> object:
         match step:
@@ -125,7 +143,24 @@ class StoreBackend:
                 return await self._in_auth_pool(self._users.secret, authcid)
             case sasl.LookupScram(authcid=authcid, hash_name=hash_name):
                 return await self._in_auth_pool(self._users.scram, authcid, hash_name)
+            case sasl.GssAccept(context=context, token=token):
+                # Decrypting a ticket with the keytab's key: the auth pool.
+                return await self._in_auth_pool(cast(GssContext, context).accept, token)
+            case sasl.GssWrap(context=context, data=data):
+                return cast(GssContext, context).wrap(data)
+            case sasl.GssUnwrap(context=context, data=data):
+                return cast(GssContext, context).unwrap(data)
+            case sasl.MapPrincipal(context=context, principal=principal, authzid=authzid):
+                login = cast(GssContext, context).login(principal, authzid)
+                return await self._in_auth_pool(self._existing, login)
         raise AssertionError(f"unexpected SASL step {step!r}")
+
+    def _existing(self, login: str | None) -> str | None:
+        """``login`` if it names an account in the user database."""
+        try:
+            return login if login and self._users.get(login) is not None else None
+        except InvalidName:
+            return None
 
     async def sasl_outcome(self, outcome: sasl.Outcome, remote: str) -> str | None:
         if isinstance(outcome, sasl.Success):
