@@ -3,13 +3,15 @@
 A private realm (``tests/helpers/kerberos.py``): the server's keytab holds
 ``pop/localhost``; clients get tickets from the KDC with ``kinit``.  The
 clients are python-gssapi driving ``AUTH GSSAPI`` by hand over a real
-socket (to check each step), and curl (``--login-options AUTH=GSSAPI``).
+socket (to check each step), curl (``--login-options AUTH=GSSAPI``) and
+fetchmail (``auth gssapi``).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import pwd
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -194,3 +196,42 @@ def test_gssapi_needs_a_usable_keytab(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stdout
     assert b"config error: auth.gssapi_keytab" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_fetchmail_fetches_with_kerberos(
+    server: ThreadServer, realm: Realm, tmp_path: Path
+) -> None:
+    fetchmail = require_binary("fetchmail")
+    realm.kinit("alice")
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = tmp_path / "fetchmailrc"
+    rc.write_text(
+        f"poll localhost service {server.address[1]} protocol pop3 auth gssapi timeout 60\n"
+        f'  user "alice" sslproto "" no sslcertck keep no rewrite\n'
+        f'  mda "cat > $(mktemp {out}/msg.XXXXXXXX)"\n'
+    )
+    rc.chmod(0o600)
+    env = {**realm.env, "HOME": str(tmp_path), "FETCHMAILUSER": pwd.getpwuid(os.getuid()).pw_name}
+    result = subprocess.run(
+        [
+            fetchmail,
+            "-f",
+            str(rc),
+            "--nodetach",
+            "--nosyslog",
+            "-v",
+            "--pidfile",
+            str(tmp_path / "pid"),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    log = (result.stdout + result.stderr).decode(errors="replace")
+    assert result.returncode == 0, log[-3000:]
+    assert "AUTH GSSAPI" in log, log[-3000:]
+    stored = [path.read_bytes() for path in out.iterdir()]
+    assert len(stored) == 1
+    assert stored[0].replace(b"\r\n", b"\n").endswith(MESSAGE.replace(b"\r\n", b"\n"))
