@@ -17,6 +17,7 @@ import pwd
 import secrets
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -435,21 +436,12 @@ def _import_users(users: UserDB, args: argparse.Namespace) -> int:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from mailslot.auth import InvalidName  # noqa: PLC0415
     from mailslot.server.app import open_store, open_user_db  # noqa: PLC0415
     from mailslot.store import DeliveryError  # noqa: PLC0415
 
     settings = _settings(args)
-    accounts = []
     with open_user_db(settings) as users:
-        for name in args.users:
-            try:
-                record = users.get(name)
-            except InvalidName:
-                record = None
-            if record is None:
-                raise CliError(f"no such user: {_safe(name)}", EX_NOUSER)
-            accounts.append(record.account)
+        accounts = [_record(users, name).account for name in args.users]
     store = open_store(settings)
     source: BinaryIO = sys.stdin.buffer
     try:
@@ -471,23 +463,70 @@ def _safe(text: str) -> str:
     return printable(text)[:100]
 
 
+def _record(users: UserDB, name: str, hint: str = "") -> UserRecord:
+    """The account ``name`` names, or exit 67 (no such user)."""
+    from mailslot.auth import InvalidName  # noqa: PLC0415
+
+    try:
+        record = users.get(name)
+    except InvalidName:
+        record = None
+    if record is None:
+        raise CliError(f"no such user: {_safe(name)}{hint}", EX_NOUSER)
+    return record
+
+
+# ---------------------------------------------------------------- expire
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    from mailslot.server.app import open_store, open_user_db  # noqa: PLC0415
+    from mailslot.store import MaildropBusy, MaildropError  # noqa: PLC0415
+
+    settings = _settings(args)
+    days = args.days
+    if days is None:
+        if settings.expire == "NEVER":
+            raise CliError("pop3.expire is never: nothing expires (or give --days N)", EX_USAGE)
+        days = int(settings.expire)
+    with open_user_db(settings) as users:
+        if args.users:
+            accounts = [_record(users, name).account for name in args.users]
+        else:
+            accounts = [record.account for record in users.list()]
+    store = open_store(settings)
+    cutoff = time.time() - days * 86400
+    failed = False
+    for account in accounts:
+        try:
+            with store.open(account.user, account.domain) as maildrop:
+                old = maildrop.seen_before(cutoff)
+                octets = sum(maildrop.messages[i].size for i in old)
+                if old and not args.dry_run:
+                    maildrop.commit(old)
+        except MaildropBusy:
+            print(f"{account.name}: in use, skipped (run again later)")
+            continue
+        except MaildropError as exc:
+            print(f"{account.name}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        if old:
+            verb = "would remove" if args.dry_run else "removed"
+            print(f"{account.name}: {verb} {len(old)} messages ({octets} octets)")
+    return EX_FAIL if failed else EX_OK
+
+
 # ---------------------------------------------------------------- import
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from mailslot.auth import InvalidName  # noqa: PLC0415
     from mailslot.server.app import open_store, open_user_db  # noqa: PLC0415
     from mailslot.store import migrate  # noqa: PLC0415
 
     settings = _settings(args)
     with open_user_db(settings) as users:
-        try:
-            record = users.get(args.user)
-        except InvalidName:
-            record = None
-    if record is None:
-        raise CliError(f"no such user: {_safe(args.user)} (add it first)", EX_NOUSER)
-    account = record.account
+        account = _record(users, args.user, " (add it first)").account
     store = open_store(settings)
     target = Path(store.maildir_path(account.user, account.domain))
     source = Path(args.source)
@@ -611,6 +650,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="the Maildir (dovecot, courier) or mbox file")
     p.add_argument("user", help="the mailslot account to import into")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser(
+        "expire", help="remove retrieved messages older than pop3.expire days (run daily)"
+    )
+    _add_common(p)
+    p.add_argument("--days", type=_count, help="instead of pop3.expire")
+    p.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    p.add_argument("users", nargs="*", metavar="USER", help="default: every user")
+    p.set_defaults(func=cmd_expire)
 
     p = sub.add_parser("deliver", help="deliver a message from stdin to users' maildrops")
     _add_common(p)

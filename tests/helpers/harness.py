@@ -58,6 +58,7 @@ class SessionHarness:
     commit_fails: bool = False
     gone: set[int] = field(default_factory=set)
     committed: frozenset[int] | None = None
+    marked_retrieved: frozenset[int] | None = None
     closed: str | None = None
     requests: list[object] = field(default_factory=list)
     tls_started: int = 0
@@ -122,11 +123,12 @@ class SessionHarness:
                     session.send(self._maildrop_answer())
                 case MessageRequested(index=index):
                     self._stream(index, out)
-                case CommitRequested(indexes=indexes):
+                case CommitRequested(indexes=indexes, retrieved=retrieved):
                     if self.commit_fails:
                         session.send(CommitFailed())
                     else:
                         self.committed = indexes
+                        self.marked_retrieved = retrieved
                         session.send(CommitDone())
         return b"".join(out)
 

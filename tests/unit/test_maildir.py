@@ -582,6 +582,26 @@ def test_commit_removes_only_chosen(store: MaildirStore, maildir: Path) -> None:
     assert len((maildir / UIDLIST_NAME).read_text().splitlines()) == 4
 
 
+def test_commit_marks_retrieved_messages_seen(store: MaildirStore, maildir: Path) -> None:
+    names = [deliver(store, b"m%d\n" % i) for i in range(4)]
+    with drop(store) as md:
+        uids_before = [m.uid for m in md.messages]
+        cur = maildir / "cur"
+        os.rename(cur / f"{names[1]}:2,", cur / f"{names[1]}:2,RF")  # flagged by another tool
+        os.rename(cur / f"{names[2]}:2,", cur / f"{names[2]}:2,S")  # seen already
+        (cur / f"{names[3]}:2,").unlink()  # gone: nothing to mark
+        started = time.time()
+        assert md.commit([], retrieved=[0, 1, 2, 3]) == 0
+        assert md.seen_before(started - 60) == []  # the rename is the clock: all just now
+        assert md.seen_before(time.time() + 1) == [0, 1, 2]
+    assert sorted(os.listdir(cur)) == sorted(
+        [f"{names[0]}:2,S", f"{names[1]}:2,FRS", f"{names[2]}:2,S"]
+    )
+    with drop(store) as md:  # UIDs follow the renamed files
+        assert [m.uid for m in md.messages] == uids_before[:3]
+        assert contents(md) == [b"m0\n", b"m1\n", b"m2\n"]
+
+
 def test_commit_nothing(store: MaildirStore) -> None:
     deliver(store, b"x\n")
     with drop(store) as md:

@@ -314,6 +314,36 @@ def test_quit_without_dele_commits_nothing() -> None:
     assert h.closed == "quit"
 
 
+def test_expire_never_marks_nothing() -> None:
+    h = logged_in()
+    h.client_sends(b"RETR 1\r\nRETR 2\r\n")
+    assert h.client_sends(b"QUIT\r\n") == b"+OK mailslot signing off (2 messages left)\r\n"
+    assert h.committed is None
+
+
+def test_expire_days_marks_retrieved_messages_at_quit() -> None:
+    h = logged_in([MSG1, MSG2, MSG1], options=SessionOptions(expire="30"))
+    h.client_sends(b"RETR 1\r\nTOP 2 0\r\nRETR 3\r\nDELE 3\r\n")
+    assert h.client_sends(b"QUIT\r\n") == b"+OK mailslot signing off (2 messages left)\r\n"
+    # RETR starts the clock, TOP does not; a deleted message needs no mark.
+    assert h.committed == frozenset({2})
+    assert h.marked_retrieved == frozenset({0})
+
+
+def test_expire_days_with_nothing_retrieved_commits_nothing() -> None:
+    h = logged_in(options=SessionOptions(expire="30"))
+    h.client_sends(b"TOP 1 0\r\nQUIT\r\n")
+    assert h.committed is None
+
+
+def test_expire_zero_deletes_what_was_retrieved() -> None:
+    h = logged_in([MSG1, MSG2, MSG1], options=SessionOptions(expire="0"))
+    h.client_sends(b"RETR 2\r\nTOP 3 1\r\nRSET\r\n")  # RSET undoes DELEs, not RETRs
+    assert h.client_sends(b"QUIT\r\n") == b"+OK mailslot signing off (2 messages left)\r\n"
+    assert h.committed == frozenset({1})
+    assert h.session.statistics().deleted == 1
+
+
 def test_eof_and_timeout_delete_nothing() -> None:
     h = logged_in()
     h.client_sends(b"DELE 1\r\nDELE 2\r\n")

@@ -91,9 +91,12 @@ class MessageRequested:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CommitRequested:
-    """UPDATE state: remove the messages at ``indexes`` (0-based)."""
+    """UPDATE state: remove the messages at ``indexes`` (0-based), and mark
+    those at ``retrieved`` as retrieved (only when EXPIRE is a number of
+    days: the retrieval starts the clock)."""
 
     indexes: frozenset[int]
+    retrieved: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -170,6 +170,7 @@ class Session:
         "_queued",
         "_reader",
         "_retr_index",
+        "_retrieved",
         "_sasl_pending",
         "_state",
         "_stats",
@@ -204,6 +205,7 @@ class Session:
         self._sasl_pending = False
         self._messages: Sequence[MessageEntry] = ()
         self._deleted: set[int] = set()
+        self._retrieved: set[int] = set()  # RETRs sent whole, for EXPIRE
         self._live_octets = 0
         self._stuffer: DotStuffer | None = None
         self._retr_index: int | None = None
@@ -723,6 +725,7 @@ class Session:
         if self._retr_index is not None:
             self._stats[0] += 1
             self._stats[1] += self._messages[self._retr_index].size
+            self._retrieved.add(self._retr_index)
             self._retr_index = None
         else:
             self._stats[2] += 1
@@ -757,7 +760,14 @@ class Session:
             return None
         # RFC 1939 §6: QUIT in TRANSACTION enters UPDATE.
         self._state = State.UPDATE
-        if not self._deleted:
+        retrieved: frozenset[int] = frozenset()
+        if self._options.expire == "0":
+            # RFC 2449 §6.7: mail may not be left on the server once retrieved.
+            self._deleted |= self._retrieved
+        elif self._options.expire != "NEVER":
+            # Retrieval starts the EXPIRE clock (``mailslot expire``).
+            retrieved = frozenset(self._retrieved - self._deleted)
+        if not self._deleted and not retrieved:
             left = len(self._messages)
             self._ok(
                 f"mailslot signing off ({left} messages left)"
@@ -768,7 +778,7 @@ class Session:
             return None
         self._stats[3] = len(self._deleted)
         self._stats[4] = sum(self._messages[i].size for i in self._deleted)
-        return CommitRequested(indexes=frozenset(self._deleted))
+        return CommitRequested(indexes=frozenset(self._deleted), retrieved=retrieved)
 
 
 # Command dispatch, built once for the class (not per session).

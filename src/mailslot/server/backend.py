@@ -226,8 +226,10 @@ class StoreBackend:
                 raise
         return maildrop
 
-    async def commit(self, maildrop: Maildrop, indexes: frozenset[int]) -> None:
-        await asyncio.to_thread(maildrop.commit, indexes)
+    async def commit(
+        self, maildrop: Maildrop, indexes: frozenset[int], retrieved: frozenset[int]
+    ) -> None:
+        await asyncio.to_thread(maildrop.commit, indexes, retrieved)
 
     def close_maildrop(self, maildrop: Maildrop) -> None:
         # Releasing a lock is fast enough for the loop, and it must happen

@@ -101,7 +101,9 @@ class Backend(Protocol):
         """Open and lock; raises store.MaildropBusy, LoginTooSoon, MaildropError."""
         ...
 
-    async def commit(self, maildrop: Maildrop, indexes: frozenset[int]) -> None: ...
+    async def commit(
+        self, maildrop: Maildrop, indexes: frozenset[int], retrieved: frozenset[int]
+    ) -> None: ...
 
     def close_maildrop(self, maildrop: Maildrop) -> None: ...
 
@@ -323,8 +325,8 @@ class Pop3Connection(asyncio.Protocol):
                     await self._sasl_advance(data)
                 case MaildropRequested(account=account):
                     session.send(await self._open(account))
-                case CommitRequested(indexes=indexes):
-                    session.send(await self._commit(indexes))
+                case CommitRequested(indexes=indexes, retrieved=retrieved):
+                    session.send(await self._commit(indexes, retrieved))
                 case _:
                     raise AssertionError(f"unexpected {event!r}")
         except asyncio.CancelledError:
@@ -404,10 +406,12 @@ class Pop3Connection(asyncio.Protocol):
             return MaildropFailed()
         return MaildropOpened(messages=self._maildrop.messages)
 
-    async def _commit(self, indexes: frozenset[int]) -> CommitDone | CommitFailed:
+    async def _commit(
+        self, indexes: frozenset[int], retrieved: frozenset[int]
+    ) -> CommitDone | CommitFailed:
         assert self._maildrop is not None
         try:
-            await self._backend.commit(self._maildrop, indexes)
+            await self._backend.commit(self._maildrop, indexes, retrieved)
         except MaildropError as exc:
             log.error("pop3: commit failed: %s", exc)
             return CommitFailed()

@@ -11,8 +11,9 @@ Theory of operation (RFC 1939 §4, §6):
    start of the stored message (raw bytes as stored; line ends are
    normalised on the wire, not here).  ``MessageGone`` if another tool
    removed it.
-3. ``Maildrop.commit(indexes)`` removes the messages at those indexes; it is
-   called only in the UPDATE state, after QUIT.
+3. ``Maildrop.commit(indexes, retrieved)`` removes the messages at
+   ``indexes`` and marks those at ``retrieved`` as retrieved (for EXPIRE);
+   it is called only in the UPDATE state, after QUIT.
 4. ``Maildrop.close()`` releases the lock; it is idempotent and is called on
    every session end, with or without commit.
 
@@ -78,7 +79,7 @@ class Maildrop(Protocol):
 
     def open_message(self, index: int) -> BinaryIO: ...
 
-    def commit(self, indexes: Collection[int]) -> int: ...
+    def commit(self, indexes: Collection[int], retrieved: Collection[int] = ()) -> int: ...
 
     @property
     def unsaved(self) -> bool:

@@ -653,8 +653,9 @@ class MaildirMaildrop:
         if not 0 <= index < len(self._messages):
             raise IndexError(f"no message at index {index}")
         name = self._names[index]
-        if name is None:
-            return None
+        return None if name is None else self._path_of(name)
+
+    def _path_of(self, name: str) -> str:
         return os.path.join(self.path, name if "/" in name else os.path.join("cur", name))
 
     def _rescan(self) -> None:
@@ -688,7 +689,7 @@ class MaildirMaildrop:
                 raise MaildropError(f"cannot list {self.path}: {exc.strerror}") from exc
         raise MessageGone(f"message {index + 1} was removed from {self.path}")
 
-    def commit(self, indexes: Collection[int]) -> int:
+    def commit(self, indexes: Collection[int], retrieved: Collection[int] = ()) -> int:
         self._check_open()
         chosen = sorted(set(indexes) - self._removed)
         for index in chosen:
@@ -702,9 +703,11 @@ class MaildirMaildrop:
                 _fsync_dir(os.path.join(self.path, "new"))
         except OSError as exc:
             raise MaildropError(f"cannot remove messages from {self.path}: {exc}") from exc
-        if chosen or self._unsaved is not None:
-            # With deletions cur/ has changed: its mtime describes nothing.
-            settled = self._unsaved[0] if self._unsaved is not None and not chosen else None
+        marked = self._mark_seen(set(retrieved) - self._removed)
+        if chosen or marked or self._unsaved is not None:
+            # With deletions or renames cur/ has changed: its mtime describes nothing.
+            changed = chosen or marked
+            settled = self._unsaved[0] if self._unsaved is not None and not changed else None
             try:
                 self._save(cur_mtime=settled)
             except OSError as exc:
@@ -716,6 +719,53 @@ class MaildirMaildrop:
     @property
     def unsaved(self) -> bool:
         return self._unsaved is not None
+
+    def _mark_seen(self, indexes: Collection[int]) -> int:
+        """Add the ``S`` flag to the files of ``indexes`` that lack it (the
+        Maildir "seen" flag, which Dovecot's POP3 sets on RETR too).  The
+        rename is the retrieval's timestamp: it sets the file's ctime, which
+        ``seen_before`` reads.  Returns how many files were renamed."""
+        renamed = 0
+        for index in sorted(indexes):
+            for attempt in range(2):
+                name = self._names[index]
+                if name is None:
+                    break  # gone
+                base, _, flags = name.rpartition("/")[2].partition(_INFO)
+                if "S" in flags:
+                    break
+                target = base + _INFO + "".join(sorted(flags + "S"))
+                try:
+                    os.rename(self._path_of(name), os.path.join(self.path, "cur", target))
+                except FileNotFoundError:
+                    if attempt == 0:
+                        self._rescan()  # flags changed by another tool, or gone
+                    continue
+                except OSError as exc:
+                    _log.warning("%s: cannot mark %s seen: %s", self.path, base, exc)
+                    break
+                self._names[index] = target
+                renamed += 1
+                break
+        return renamed
+
+    def seen_before(self, cutoff: float) -> list[int]:
+        """Indexes of the messages marked seen (``S``) before ``cutoff``
+        (seconds since the epoch, against the file's ctime: anything that
+        touched the file since only makes it look younger)."""
+        self._rescan()  # flags set by other tools count too
+        found = []
+        for index, name in enumerate(self._names):
+            if name is None or index in self._removed:
+                continue
+            if "S" not in name.rpartition("/")[2].partition(_INFO)[2]:
+                continue
+            try:
+                if os.stat(self._path_of(name)).st_ctime < cutoff:
+                    found.append(index)
+            except FileNotFoundError:
+                continue
+        return found
 
     def _unlink(self, index: int) -> None:
         for attempt in range(2):
