@@ -439,3 +439,36 @@ def test_reconnect_right_after_a_first_session_is_never_in_use(
         again = login(server, "bob")
         assert again.uidl()[1] == uids
         again.quit()
+
+
+def test_shutdown_while_a_maildrop_opens_leaves_it_unlocked_and_listed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM in the middle of a login: the open finishes after its session
+    was cancelled, and the maildrop is closed then, its first uid list
+    written off the event loop before the server exits."""
+    caplog.set_level(logging.WARNING)
+    settings = make_settings(tmp_path / "d", server__shutdown_grace=0)
+    add_user(settings, "bob", PASSWORD)
+    maildir = Path(open_store(settings).maildir_path("bob", settings.default_domain))
+    for d in ("cur", "new", "tmp"):
+        (maildir / d).mkdir(parents=True)
+    body = b"Subject: copy\n\nx\n"
+    for n in range(20_000):
+        (maildir / "cur" / f"1700000000.M{n:06d}P1.h,S=18,W=21:2,").write_bytes(body)
+    locks = open_store(settings).locks  # this process's table, the server's too
+    with running(settings) as srv, srv.connect() as sock:
+        recv_until(sock, b"\r\n")
+        sock.sendall(f"USER bob\r\nPASS {PASSWORD}\r\n".encode())
+        deadline = time.monotonic() + 30
+        while not len(locks) and time.monotonic() < deadline:
+            time.sleep(0.001)  # until the open has the lock and lists cur/
+        assert len(locks) == 1
+        srv.stop()
+    assert len(locks) == 0
+    assert (maildir / "mailslot-uidlist").exists()
+    with running(settings) as srv:  # a new server finds the maildrop free
+        client = login(srv, "bob")
+        assert client.stat()[0] == 20_000
+        client.quit()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from mailslot import sasl
 from mailslot.auth import Account, InvalidName, UserDB, parse_login
@@ -86,6 +86,8 @@ class StoreBackend:
         self._metrics = metrics
         self._counter = itertools.count()
         self._closing: set[asyncio.Future[None]] = set()
+        # Maildrop opens still running for sessions that are gone.
+        self._abandoned: set[asyncio.Future[Maildrop]] = set()
 
     def new_timestamp(self) -> str:
         # RFC 1939 §7: msg-id syntax, different for every greeting.
@@ -203,8 +205,16 @@ class StoreBackend:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(_close_if_opened)
+            self._abandoned.add(future)
+            future.add_done_callback(self._close_if_opened)  # first: drain() sees the close
+            future.add_done_callback(self._abandoned.discard)
             raise
+
+    def _close_if_opened(self, future: asyncio.Future[Maildrop]) -> None:
+        """A maildrop opened for a session that is gone: close it (off the
+        loop if it still has its first uid list to write)."""
+        if not future.cancelled() and future.exception() is None:
+            self.close_maildrop(future.result())
 
     def _open(self, name: str) -> Maildrop:
         account = parse_login(name, default_domain=self._default_domain)
@@ -245,8 +255,9 @@ class StoreBackend:
     async def drain(self) -> None:
         """Wait for the maildrops still being closed (at shutdown)."""
         await asyncio.sleep(0)  # connections torn down just now release theirs
-        while self._closing:
-            await asyncio.wait(list(self._closing))
+        while self._closing or self._abandoned:
+            pending: list[asyncio.Future[Any]] = [*self._closing, *self._abandoned]
+            await asyncio.wait(pending)
 
 
 class CredentialCache:
@@ -297,8 +308,3 @@ class CredentialCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _close_if_opened(future: asyncio.Future[Maildrop]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().close()
