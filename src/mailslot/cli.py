@@ -193,6 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from mailslot.server.app import (  # noqa: PLC0415
+        bearer_verifier,
         gss_contexts,
         open_store,
         prepare_lock_file,
@@ -217,6 +218,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             raise CliError(f"config error: tls: {exc}", EX_USAGE) from None
     try:
         gss_contexts(settings)
+        bearer_verifier(settings)
     except ConfigError as exc:
         raise CliError(f"config error: {exc}", EX_USAGE) from None
     print(f"config OK: data directory {settings.data_dir}")

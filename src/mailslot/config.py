@@ -162,7 +162,17 @@ def _tls_version(value: object) -> str:
     return str(value)
 
 
-SASL_MECHANISMS = ("GSSAPI", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "CRAM-MD5")
+SASL_MECHANISMS = (
+    "GSSAPI",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1",
+    "OAUTHBEARER",
+    "XOAUTH2",
+    "PLAIN",
+    "LOGIN",
+    "CRAM-MD5",
+)
+OAUTH_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
 
 
 def _mechanisms(value: object) -> tuple[str, ...]:
@@ -271,6 +281,14 @@ class Settings:
     gssapi_keytab: str | None = _opt(
         "auth.gssapi_keytab", None, _optional_str, "Kerberos keytab for the GSSAPI mechanism"
     )
+    oauth_key: str | None = _opt(
+        "auth.oauth_key", None, _optional_str, "issuer's public key (PEM) or JWKS for OAuth"
+    )
+    oauth_issuer: str = _opt("auth.oauth_issuer", "", _str, "the tokens' iss")
+    oauth_audience: str = _opt("auth.oauth_audience", "", _str, "the tokens' aud")
+    oauth_username_claim: str = _opt(
+        "auth.oauth_username_claim", "email", _str, "claim holding the login name"
+    )
     apop: bool = _opt("auth.apop", False, _bool, "offer APOP (needs stored secrets; MD5)")
     store_secrets: bool = _opt(
         "auth.store_secrets", False, _bool, "keep recoverable secrets for APOP/CRAM-MD5"
@@ -375,6 +393,14 @@ def load_settings(
         raise ConfigError("auth.apop", "APOP needs auth.store_secrets = true")
     if "GSSAPI" in settings.mechanisms and settings.gssapi_keytab is None:
         raise ConfigError("auth.mechanisms", "GSSAPI needs auth.gssapi_keytab")
+    if any(m in settings.mechanisms for m in OAUTH_MECHANISMS):
+        for key, value in (
+            ("auth.oauth_key", settings.oauth_key),
+            ("auth.oauth_issuer", settings.oauth_issuer),
+            ("auth.oauth_audience", settings.oauth_audience),
+        ):
+            if not value:
+                raise ConfigError(key, "OAUTHBEARER and XOAUTH2 need it set")
     return settings
 
 

@@ -90,11 +90,13 @@ def test_mechanisms() -> None:
         "GSSAPI",
         "SCRAM-SHA-256",
         "SCRAM-SHA-1",
+        "OAUTHBEARER",
+        "XOAUTH2",
         "PLAIN",
         "LOGIN",
         "CRAM-MD5",
     )
-    assert frozenset({"PLAIN", "LOGIN"}) == sasl.CLEARTEXT_MECHANISMS
+    assert frozenset({"PLAIN", "LOGIN", "OAUTHBEARER", "XOAUTH2"}) == sasl.CLEARTEXT_MECHANISMS
     assert frozenset({"CRAM-MD5"}) == sasl.SECRET_MECHANISMS
 
 
@@ -1077,3 +1079,83 @@ def test_gssapi_wrong_reply_types_are_driver_bugs() -> None:
     assert isinstance(next(flow), sasl.GssAccept)
     with pytest.raises(TypeError):
         flow.send(b"not a GssResult")
+
+
+# -------------------------------------------------------- OAUTHBEARER, XOAUTH2
+# Token checks are the driver's (tests/integration/test_oauth.py signs real
+# JWTs); here the message formats and the error exchanges.
+
+
+def bearer_driver(good: str = "tok3n") -> Callable[[Step], object]:
+    def respond(step: Step) -> object:
+        match step:
+            case sasl.VerifyBearer(token=token, user=user):
+                return "tim" if token == good and user in ("", "tim") else None
+            case Challenge():
+                return b"\x01"
+        raise AssertionError(step)
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"n,a=tim,\x01host=mail.example\x01port=110\x01auth=Bearer tok3n\x01\x01",
+        b"n,,\x01auth=Bearer tok3n\x01\x01",
+        b"y,,\x01auth=bearer tok3n\x01\x01",
+    ],
+)
+def test_oauthbearer(message: bytes) -> None:
+    steps, outcome = drive(start("OAUTHBEARER", message), bearer_driver())
+    assert outcome == Success(authcid="tim")
+    assert steps == [sasl.VerifyBearer(token="tok3n", user="tim" if b"a=tim" in message else "")]
+
+
+def test_oauthbearer_escaped_authzid_and_no_initial_response() -> None:
+    flow = start("OAUTHBEARER")
+    assert next(flow) == Challenge(data=b"")
+    step = flow.send(b"n,a=t=2Ci=3Dm,\x01auth=Bearer x\x01\x01")
+    assert step == sasl.VerifyBearer(token="x", user="t,i=m")
+
+
+def test_oauthbearer_bad_token_gets_the_error_challenge_first() -> None:
+    message = b"n,,\x01auth=Bearer wrong\x01\x01"
+    steps, outcome = drive(start("OAUTHBEARER", message), bearer_driver())
+    assert outcome == Failure(reason="invalid token")
+    assert steps[-1] == Challenge(data=b'{"status": "invalid_token", "schemes": "bearer"}')
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "message", "reason"),
+    [
+        ("OAUTHBEARER", b"n,,\x01auth=Bearer x\x01", "malformed message"),
+        ("OAUTHBEARER", b"p=tls-unique,,\x01auth=Bearer x\x01\x01", "malformed message"),
+        ("OAUTHBEARER", b"n,b=tim,\x01auth=Bearer x\x01\x01", "malformed message"),
+        ("OAUTHBEARER", b"n,,\x01host=x\x01\x01", "no auth= field"),
+        ("OAUTHBEARER", b"n,,\x01auth=Basic dGltOnB3\x01\x01", "not a bearer token"),
+        ("OAUTHBEARER", b"n,,\x01auth=Bearer \x01\x01", "not a bearer token"),
+        ("OAUTHBEARER", b"n,,\x01auth=Bearer \xff\x01\x01", "not UTF-8"),
+        ("XOAUTH2", b"auth=Bearer x\x01\x01", "malformed message"),
+        ("XOAUTH2", b"user=tim\x01auth=Bearer x", "malformed message"),
+    ],
+)
+def test_oauth_malformed_messages(mechanism: str, message: bytes, reason: str) -> None:
+    assert first_step(start(mechanism, message)) == Failure(reason=reason)
+
+
+def test_xoauth2() -> None:
+    message = b"user=tim\x01auth=Bearer tok3n\x01\x01"
+    steps, outcome = drive(start("XOAUTH2", message), bearer_driver())
+    assert outcome == Success(authcid="tim")
+    assert steps == [sasl.VerifyBearer(token="tok3n", user="tim")]
+    steps, outcome = drive(start("XOAUTH2", b"user=tim\x01auth=Bearer no\x01\x01"), bearer_driver())
+    assert outcome == Failure(reason="invalid token")
+    assert steps[-1] == Challenge(data=b'{"status": "401", "schemes": "bearer"}')
+
+
+def test_verify_bearer_reply_type_is_checked() -> None:
+    flow = start("XOAUTH2", b"user=tim\x01auth=Bearer x\x01\x01")
+    next(flow)
+    with pytest.raises(TypeError):
+        flow.send(42)

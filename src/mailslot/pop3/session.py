@@ -76,7 +76,7 @@ MAX_COMMAND_LINE = 255  # RFC 2449 §4: octets, CRLF included
 MAX_RESPONSE_LINE = 512  # RFC 2449 §4: first line of a response, CRLF included
 MAX_MESSAGE_NUMBER_DIGITS = 10  # any longer number is out of range anyway
 MAX_SASL_LINE = 8192 + 2  # a SASL response line; Dovecot's LOGIN_MAX_AUTH_BUF_SIZE
-PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN", "OAUTHBEARER", "XOAUTH2"})
 
 LANGUAGES = {"en": "English"}
 _NOTHING: tuple[bytes, ...] = ()  # RFC 6856 §3: tag → description

@@ -34,7 +34,8 @@ except ``TypeError`` when the driver replies with the wrong type, and
 
 Mechanisms (``MECHANISMS``, strongest first): GSSAPI (RFC 4752, Kerberos V5;
 the GSS-API calls are the driver's), SCRAM-SHA-256 and SCRAM-SHA-1
-(RFC 7677, RFC 5802; no -PLUS), PLAIN (RFC 4616), LOGIN (obsolete, for old
+(RFC 7677, RFC 5802; no -PLUS), OAUTHBEARER (RFC 7628) and XOAUTH2 (OAuth 2.0
+bearer tokens, checked by the driver), PLAIN (RFC 4616), LOGIN (obsolete, for old
 clients) and CRAM-MD5 (RFC 2195, legacy; needs a stored plaintext secret).
 
 This package imports nothing of mailslot (DESIGN.md, "Who may import whom").
@@ -56,6 +57,7 @@ from mailslot.sasl.base import (
     ScramCredentials,
     Step,
     Success,
+    VerifyBearer,
     VerifyPassword,
 )
 from mailslot.sasl.mechanisms import CLEARTEXT_MECHANISMS, MECHANISMS, SECRET_MECHANISMS, start
@@ -89,6 +91,7 @@ __all__ = [
     "ScramCredentials",
     "Step",
     "Success",
+    "VerifyBearer",
     "VerifyPassword",
     "saslprep",
     "scram_credentials",

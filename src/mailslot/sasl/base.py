@@ -16,6 +16,7 @@ step               reply the driver sends back
 ``GssWrap``        ``bytes``: the wrapped message
 ``GssUnwrap``      ``bytes | None``: None if it does not unwrap
 ``MapPrincipal``   ``str | None``: the login name, None if not allowed
+``VerifyBearer``   ``str | None``: the login the token is good for, or None
 =================  ==========================================================
 
 The ``Gss*`` steps carry ``context``, an opaque per-exchange object the
@@ -50,6 +51,7 @@ __all__ = [
     "ScramCredentials",
     "Step",
     "Success",
+    "VerifyBearer",
     "VerifyPassword",
 ]
 
@@ -137,6 +139,16 @@ class MapPrincipal:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyBearer:
+    """Is the OAuth 2.0 bearer ``token`` valid, and for which login?  ``user``
+    is the name the client gave with it ("" if none): the token's login must
+    be that one.  Reply with the login, or None."""
+
+    token: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScramCredentials:
     """What a server stores for SCRAM (RFC 5802 §3): never the password."""
 
@@ -169,6 +181,7 @@ Step: TypeAlias = (
     | GssWrap
     | GssUnwrap
     | MapPrincipal
+    | VerifyBearer
 )
 Outcome: TypeAlias = Success | Failure
 Flow: TypeAlias = Generator[Step, object, Outcome]

@@ -27,6 +27,7 @@ from mailslot.sasl.base import (
     verify_password,
 )
 from mailslot.sasl.gssapi import gssapi_flow
+from mailslot.sasl.oauth import oauthbearer_flow, xoauth2_flow
 from mailslot.sasl.scram import scram_flow
 
 __all__ = ["CLEARTEXT_MECHANISMS", "MECHANISMS", "SECRET_MECHANISMS", "start"]
@@ -36,13 +37,15 @@ MECHANISMS: tuple[str, ...] = (
     "GSSAPI",
     "SCRAM-SHA-256",
     "SCRAM-SHA-1",
+    "OAUTHBEARER",
+    "XOAUTH2",
     "PLAIN",
     "LOGIN",
     "CRAM-MD5",
 )
-#: Mechanisms that send the password itself: offer them only under TLS
-#: (RFC 2595 §2.3; RFC 8314).
-CLEARTEXT_MECHANISMS: frozenset[str] = frozenset({"PLAIN", "LOGIN"})
+#: Mechanisms that send the password itself, or a bearer token as good as
+#: one: offer them only under TLS (RFC 2595 §2.3; RFC 8314; RFC 7628 §5).
+CLEARTEXT_MECHANISMS: frozenset[str] = frozenset({"PLAIN", "LOGIN", "OAUTHBEARER", "XOAUTH2"})
 #: Mechanisms that need a recoverable, password-equivalent secret stored
 #: (RFC 2195 "Security Considerations"): off unless the operator enables them.
 SECRET_MECHANISMS: frozenset[str] = frozenset({"CRAM-MD5"})
@@ -99,6 +102,10 @@ def start(
             body = _cram_md5(initial_response, hostname=hostname, nonce=nonce, clock=clock)
         case "GSSAPI":
             body = gssapi_flow(initial_response, gss_context)
+        case "OAUTHBEARER":
+            body = oauthbearer_flow(initial_response)
+        case "XOAUTH2":
+            body = xoauth2_flow(initial_response)
         case "SCRAM-SHA-1" | "SCRAM-SHA-256":
             body = scram_flow(
                 name.removeprefix("SCRAM-"),

@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from mailslot.auth import HashParams, PasswordHasher, UserDB
+from mailslot.auth.oauth import BearerVerifier, OAuthConfigError
 from mailslot.auth.penalty import FailedLoginTracker
-from mailslot.config import Address, ConfigError, Settings
+from mailslot.config import OAUTH_MECHANISMS, Address, ConfigError, Settings
 from mailslot.delivery.lmtp import LmtpSessionOptions
 from mailslot.pop3.session import SessionOptions, SessionStatistics
 from mailslot.server import tls
@@ -100,6 +101,22 @@ def gss_contexts(settings: Settings) -> Callable[[], GssContext] | None:
     except gssapi.GssError as exc:
         raise ConfigError("auth.gssapi_keytab", str(exc)) from None
     return lambda: gssapi.GssAcceptor(credentials)
+
+
+def bearer_verifier(settings: Settings) -> BearerVerifier | None:
+    """The OAuth token checker when ``auth.mechanisms`` lists OAUTHBEARER or
+    XOAUTH2; ``ConfigError`` if its key file is unusable."""
+    if settings.oauth_key is None or not any(m in settings.mechanisms for m in OAUTH_MECHANISMS):
+        return None
+    try:
+        return BearerVerifier(
+            str(settings.data_path(settings.oauth_key)),
+            issuer=settings.oauth_issuer,
+            audience=settings.oauth_audience,
+            claim=settings.oauth_username_claim,
+        )
+    except OAuthConfigError as exc:
+        raise ConfigError("auth.oauth_key", str(exc)) from None
 
 
 def tls_files(settings: Settings) -> tls.TlsFiles | None:
@@ -228,6 +245,7 @@ class MailslotServer:
             cache=CredentialCache(ttl=settings.cache_ttl) if settings.cache_ttl else None,
             metrics=self.metrics,
             gss_context=gss_contexts(settings),
+            bearer=bearer_verifier(settings),
         )
         self._session_options = SessionOptions(
             expire=settings.expire,

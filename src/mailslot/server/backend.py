@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from mailslot import sasl
 from mailslot.auth import Account, InvalidName, UserDB, parse_login
+from mailslot.auth.oauth import BearerVerifier
 from mailslot.auth.penalty import FailedLoginTracker
 from mailslot.logfmt import printable
 from mailslot.pop3.apop import apop_matches
@@ -72,9 +73,11 @@ class StoreBackend:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         gss_context: Callable[[], GssContext] | None = None,
+        bearer: BearerVerifier | None = None,
     ) -> None:
         self._users = users
         self._gss_context = gss_context
+        self._bearer = bearer
         self._store = store
         self._auth_executor = auth_executor
         self._hostname = hostname
@@ -152,10 +155,30 @@ class StoreBackend:
                 return cast(GssContext, context).wrap(data)
             case sasl.GssUnwrap(context=context, data=data):
                 return cast(GssContext, context).unwrap(data)
+            case sasl.VerifyBearer(token=token, user=user):
+                return await self._in_auth_pool(self._bearer_login, token, user)
             case sasl.MapPrincipal(context=context, principal=principal, authzid=authzid):
                 login = cast(GssContext, context).login(principal, authzid)
                 return await self._in_auth_pool(self._existing, login)
         raise AssertionError(f"unexpected SASL step {step!r}")
+
+    def _bearer_login(self, token: str, user: str) -> str | None:
+        """The account a bearer token is good for; the user name the client
+        sent with it, if any, must name that same account."""
+        login = self._bearer.login(token) if self._bearer is not None else None
+        if login is None:
+            return None
+        if user:
+            try:
+                same = (
+                    parse_login(user, default_domain=self._default_domain).name
+                    == parse_login(login, default_domain=self._default_domain).name
+                )
+            except InvalidName:
+                return None
+            if not same:
+                return None
+        return self._existing(login)
 
     def _existing(self, login: str | None) -> str | None:
         """``login`` if it names an account in the user database."""
