@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.helpers.clients import require_binary
+from tests.helpers.lines import LineClient
 from tests.helpers.server import ThreadServer, add_user, cli, deliver, running, write_config
 from tests.helpers.tls import Pki, make_pki, tls_settings
 
@@ -88,19 +89,13 @@ def server(tmp_path: Path, pki: Pki, keys: dict[str, Any]) -> Iterator[ThreadSer
         yield srv
 
 
-class Client:
+class Client(LineClient):
+    """A POP3S client speaking the OAuth mechanisms by hand."""
+
     def __init__(self, server: ThreadServer, pki: Pki) -> None:
         raw = socket.create_connection(server.addresses["pop3s"], timeout=30)
-        self.sock = pki.client_context().wrap_socket(raw, server_hostname="localhost")
-        self.file = self.sock.makefile("rb")
+        super().__init__(pki.client_context().wrap_socket(raw, server_hostname="localhost"))
         assert self.line().startswith(b"+OK")
-
-    def line(self) -> bytes:
-        return self.file.readline().rstrip(b"\r\n")
-
-    def send(self, data: bytes) -> bytes:
-        self.sock.sendall(data + b"\r\n")
-        return self.line()
 
     def auth(self, mechanism: str, message: bytes) -> tuple[bytes, bytes | None]:
         """The final answer, and the error challenge's JSON if there was one."""
@@ -111,10 +106,6 @@ class Client:
         error = base64.b64decode(answer[2:])
         reply = b"\x01" if mechanism == "OAUTHBEARER" else b""
         return self.send(base64.b64encode(reply)), error
-
-    def close(self) -> None:
-        self.send(b"QUIT")
-        self.sock.close()
 
 
 def oauthbearer(tok: str, user: str = "") -> bytes:

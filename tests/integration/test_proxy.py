@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.lines import recv_line
 from tests.helpers.proxy import v1, v2, v2_proxy
 from tests.helpers.server import ThreadServer, add_user, deliver, make_settings, running
 from tests.helpers.tls import Pki, make_pki, tls_settings
 
 PASSWORD = "behind the balancer"
 PER_ADDRESS = b"-ERR [SYS/TEMP] Too many connections from your address\r\n"
-
-
-def recv_line(sock: socket.socket | ssl.SSLSocket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def session_ends(caplog: pytest.LogCaptureFixture) -> list[str]:

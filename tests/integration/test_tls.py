@@ -22,6 +22,7 @@ import scramp
 
 from mailslot.config import Settings
 from mailslot.pop3.apop import apop_digest
+from tests.helpers.lines import recv_line
 from tests.helpers.server import (
     ProcessServer,
     ThreadServer,
@@ -62,16 +63,6 @@ def settings(tmp_path: Path, pki: Pki) -> Settings:
 def server(settings: Settings) -> Iterator[ThreadServer]:
     with running(settings) as srv:
         yield srv
-
-
-def recv_line(sock: socket.socket | ssl.SSLSocket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def recv_multiline(sock: socket.socket | ssl.SSLSocket) -> bytes:

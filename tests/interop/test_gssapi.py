@@ -21,6 +21,7 @@ import pytest
 
 from tests.helpers.clients import require_binary
 from tests.helpers.kerberos import Realm
+from tests.helpers.lines import LineClient
 from tests.helpers.server import (
     ThreadServer,
     add_user,
@@ -76,21 +77,13 @@ def server(realm: Realm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         yield srv
 
 
-class Client:
+class Client(LineClient):
     """A POP3 client speaking AUTH GSSAPI with python-gssapi."""
 
     def __init__(self, server: ThreadServer, principal: str, realm: Realm) -> None:
         realm.kinit(principal)
-        self.sock = socket.create_connection(server.address, timeout=30)
-        self.file = self.sock.makefile("rb")
+        super().__init__(socket.create_connection(server.address, timeout=30))
         assert self.line().startswith(b"+OK")
-
-    def line(self) -> bytes:
-        return self.file.readline().rstrip(b"\r\n")
-
-    def send(self, data: bytes) -> bytes:
-        self.sock.sendall(data + b"\r\n")
-        return self.line()
 
     def auth(self, authzid: bytes = b"", layer: int = 1) -> bytes:
         gssapi = _gssapi()
@@ -113,11 +106,6 @@ class Client:
         assert offer == b"\x01\x00\x00\x00"  # no security layer, size 0
         choice = context.wrap(bytes([layer, 0, 0, 0]) + authzid, encrypt=False).message
         return self.send(base64.b64encode(choice))
-
-    def close(self) -> None:
-        self.send(b"QUIT")
-        self.file.close()
-        self.sock.close()
 
 
 def test_capa_offers_gssapi_before_tls(server: ThreadServer, realm: Realm) -> None:

@@ -71,3 +71,11 @@ def test_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     assert settings.data_dir == (tmp_path / "var").resolve()
     assert settings.data_path("c.pem") == (tmp_path / "var" / "c.pem").resolve()
     assert settings.mail_template.startswith(str(settings.data_dir))
+
+
+def test_the_mechanism_list_is_the_sasl_packages() -> None:
+    # config imports nothing of mailslot (DESIGN.md), so it keeps its own copy.
+    from mailslot import sasl  # noqa: PLC0415
+    from mailslot.config import SASL_MECHANISMS  # noqa: PLC0415
+
+    assert sasl.MECHANISMS == SASL_MECHANISMS
