@@ -48,8 +48,8 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     with running(settings) as server:
         metrics = server.addresses["metrics"]
         before = scrape(metrics)
-        assert before["mailslot_pop3_connections"] == 0
-        assert before.get('mailslot_pop3_logins_total{result="ok"}', 0) == 0
+        assert before["mailslot_pop3_connections"] == 0, before
+        assert before.get('mailslot_pop3_logins_total{result="ok"}', 0) == 0, before
 
         with smtplib.LMTP(*server.addresses["lmtp"]) as lmtp:
             lmtp.sendmail("a@b.test", ["alice", "nobody"], b"Subject: one\r\n\r\nbody\r\n")
@@ -65,20 +65,24 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
         client.retr(1)
         client.dele(1)
         during = scrape_until(metrics, "mailslot_pop3_connections", 1)
-        assert during["mailslot_maildrops_locked"] == 1
+        assert during["mailslot_maildrops_locked"] == 1, during
         client.quit()
 
         after = scrape_until(metrics, 'mailslot_pop3_sessions_total{reason="quit"}', 2)
-    assert after['mailslot_pop3_logins_total{result="ok"}'] == 1
-    assert after['mailslot_pop3_logins_total{result="failed"}'] == 1
-    assert after["mailslot_pop3_retrieved_messages_total"] == 1
+    expected = {
+        'mailslot_pop3_logins_total{result="ok"}': 1,
+        'mailslot_pop3_logins_total{result="failed"}': 1,
+        "mailslot_pop3_retrieved_messages_total": 1,
+        "mailslot_pop3_deleted_messages_total": 1,
+        'mailslot_pop3_sessions_total{reason="quit"}': 2,
+        "mailslot_maildrop_open_seconds_count": 1,
+        'mailslot_lmtp_recipients_total{result="delivered"}': 1,  # "nobody": refused at RCPT
+        "mailslot_pop3_connections": 0,
+        "mailslot_maildrops_locked": 0,
+    }
+    # All at once, so that a failure shows every figure.
+    assert {key: after.get(key) for key in expected} == expected
     assert after["mailslot_pop3_retrieved_octets_total"] > 0
-    assert after["mailslot_pop3_deleted_messages_total"] == 1
-    assert after['mailslot_pop3_sessions_total{reason="quit"}'] == 2
-    assert after["mailslot_maildrop_open_seconds_count"] == 1
-    assert after['mailslot_lmtp_recipients_total{result="delivered"}'] == 1  # "nobody": at RCPT
-    assert after["mailslot_pop3_connections"] == 0
-    assert after["mailslot_maildrops_locked"] == 0
     assert after["process_resident_memory_bytes"] > 0 and after["process_open_fds"] > 0
 
 
